@@ -1,0 +1,11 @@
+//! Everything two nself-realtime processes must agree on: configuration values read from the
+//! environment, the change event every table change becomes, and how names become NATS subjects.
+//!
+//! The CDC produces [`event::ChangeEvent`]s on the subjects of [`subject`]; gateways and the CLI
+//! consume them. Keeping both sides on this one crate keeps the wire contract in one place.
+
+pub mod config;
+pub mod event;
+pub mod lsn;
+pub mod nats;
+pub mod subject;

@@ -1,0 +1,25 @@
+//! The test harness: private PostgreSQL and NATS servers for tests and benchmarks.
+//!
+//! Every test talks to real servers. Each test binary starts one Postgres cluster and one
+//! `nats-server -js` the first time a test asks for them ([`Postgres::shared`],
+//! [`Nats::shared`]); tests that stop or restart a server start their own ([`Postgres::start`],
+//! [`Nats::start`]). Isolation inside a shared server:
+//!
+//! * Postgres: each test gets a fresh database ([`Postgres::fresh_database`]) and its own
+//!   replication slot and publication names (slots are cluster-wide).
+//! * NATS: the server is configured with many accounts, each with JetStream; each test gets its
+//!   own account ([`Nats::fresh_account`]), so streams like `REALTIME_DB` never collide.
+//!
+//! Servers live in temporary directories. A watchdog shell, started with each server, waits on a
+//! pipe that only this process holds open: when the test process exits, whether it passed,
+//! panicked or was killed, the pipe closes and the watchdog stops the server and deletes its
+//! directory. Postgres refuses to run as root, so under uid 0 its files belong to, and its
+//! processes run as, the `postgres` OS user.
+
+mod nats;
+mod postgres;
+mod process;
+
+pub use nats::{Nats, NatsAccount};
+pub use postgres::{connect as connect_url, Postgres, TestDb};
+pub use process::free_port;

@@ -1,0 +1,277 @@
+//! A private PostgreSQL cluster (`initdb` in a temporary directory, `wal_level=logical`, a free
+//! port, its own Unix socket directory) and the fresh databases tests run in.
+
+use crate::process::{as_postgres_user, cleanup_on_exit, free_port, run, running_as_root};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A running private Postgres cluster. Dropping it stops the cluster and deletes its files
+/// (the shared cluster lives until the test process exits).
+pub struct Postgres {
+    bin: PathBuf,
+    root: PathBuf,
+    port: u16,
+    next_db: AtomicU32,
+}
+
+/// A fresh database in a private cluster, with the names a test should use for its own
+/// replication slot (slots are cluster-wide) and publication.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    /// `postgres://postgres@127.0.0.1:<port>/<name>` (trust auth).
+    pub url: String,
+    /// The same database over the cluster's Unix socket.
+    pub socket_url: String,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub slot: String,
+    pub publication: String,
+}
+
+impl TestDb {
+    /// A plain (non-replication) connection as the superuser `postgres`.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in a background task.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    if let Some(newest) = versions.pop() {
+        return newest;
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .expect("look for initdb");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "initdb not found: install PostgreSQL (scripts/test does: apt-get install -y postgresql)"
+    );
+    Path::new(&path).parent().unwrap().to_path_buf()
+}
+
+impl Postgres {
+    /// The cluster shared by every test of this test binary, started on first use.
+    pub fn shared() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| Postgres::start_with_hba(&[]))
+    }
+
+    /// A cluster of the caller's own (to stop, restart or reconfigure), trusting every local
+    /// connection.
+    pub fn start() -> Postgres {
+        Postgres::start_with_hba(&[])
+    }
+
+    /// A cluster whose `pg_hba.conf` starts with `hba_lines` (first match wins), followed by
+    /// trust for everything local: tests of password authentication put their rules first.
+    pub fn start_with_hba(hba_lines: &[&str]) -> Postgres {
+        let bin = bin_dir();
+        let root = tempfile::Builder::new()
+            .prefix("realtime-pg-")
+            .tempdir()
+            .expect("create a temp dir for Postgres")
+            .keep();
+        let data = root.join("data");
+        let port = free_port();
+        if running_as_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&root);
+                    c
+                },
+                "chown the Postgres temp dir",
+            );
+        }
+        cleanup_on_exit(&format!(
+            "{pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {root}",
+            pg_ctl = if running_as_root() {
+                format!("runuser -u postgres -- {}", bin.join("pg_ctl").display())
+            } else {
+                bin.join("pg_ctl").display().to_string()
+            },
+            data = data.display(),
+            root = root.display(),
+        ));
+
+        let mut initdb = as_postgres_user(&bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .arg("--locale=C");
+        run(initdb, "initdb");
+
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
+             wal_level = logical\nmax_replication_slots = 100\nmax_wal_senders = 100\n\
+             max_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             shared_buffers = 128MB\nwal_sender_timeout = 60s\nlog_min_messages = warning\n",
+            sock = root.display(),
+        );
+        append(&data.join("postgresql.conf"), &conf);
+        let mut hba: String = hba_lines.iter().map(|l| format!("{l}\n")).collect();
+        hba.push_str(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n\
+             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+
+        let pg = Postgres {
+            bin,
+            root,
+            port,
+            next_db: AtomicU32::new(0),
+        };
+        pg.start_again();
+        pg
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn pg_ctl(&self, args: &[&str], what: &str) {
+        let mut cmd = as_postgres_user(&self.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(self.data_dir()).args(args);
+        run(cmd, what);
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let log = self.root.join("postgres.log");
+        self.pg_ctl(
+            &["start", "-w", "-t", "60", "-l", log.to_str().unwrap()],
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops the cluster (fast shutdown: sessions are disconnected, WAL is flushed).
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-w", "-m", "fast"], "pg_ctl stop");
+    }
+
+    /// Stops the cluster the way a crash would (no shutdown checkpoint).
+    pub fn stop_immediately(&self) {
+        self.pg_ctl(&["stop", "-w", "-m", "immediate"], "pg_ctl stop -m immediate");
+    }
+
+    /// Fast restart.
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the cluster's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the server's binaries (psql, pg_recvlogical, ...) are.
+    pub fn bin(&self, program: &str) -> PathBuf {
+        self.bin.join(program)
+    }
+
+    /// A URL to `database` as `postgres` over TCP.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a new, empty database.
+    pub async fn fresh_database(&self) -> TestDb {
+        let n = self.next_db.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{n}");
+        let admin = connect(&self.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        TestDb {
+            url: self.url(&name),
+            socket_url: format!(
+                "postgres://postgres@%2F{}:{}/{name}",
+                self.root.display().to_string().trim_start_matches('/').replace('/', "%2F"),
+                self.port
+            ),
+            port: self.port,
+            socket_dir: self.root.clone(),
+            slot: format!("slot_{name}"),
+            publication: format!("pub_{name}"),
+            name,
+        }
+    }
+
+    /// Runs a SQL script with psql against `database` and returns its stdout.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin("psql"))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url(database))
+            .args(["-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut cmd = as_postgres_user(&self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["stop", "-m", "immediate"]);
+        let _ = cmd.output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("append to postgresql.conf");
+}
+
+/// How long to wait for servers in tests; generous for a loaded 2-core CI machine.
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(60);

@@ -1,0 +1,88 @@
+//! Process plumbing shared by the server wrappers: free ports, the cleanup watchdog, running a
+//! command as the `postgres` user, and waiting for a port to accept connections.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// The write ends of the watchdogs' pipes. They are never closed while the process lives; the
+/// kernel closes them when it exits, which is what wakes the watchdogs.
+static WATCHDOG_PIPES: Mutex<Vec<ChildStdin>> = Mutex::new(Vec::new());
+
+/// Starts a shell that runs `cleanup` (a shell script) once this process has exited.
+pub fn cleanup_on_exit(cleanup: &str) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("read _ignored; {cleanup}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cleanup watchdog (sh)");
+    let pipe = child.stdin.take().expect("watchdog stdin");
+    WATCHDOG_PIPES.lock().unwrap().push(pipe);
+}
+
+/// Whether this process runs as root (then Postgres must run as the `postgres` user).
+pub fn running_as_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run `id -u`");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// A command that runs `program` as the `postgres` OS user when we are root, else as ourselves.
+pub fn as_postgres_user(program: &Path) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Runs a command to completion and panics with its output if it fails.
+pub fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Waits until `127.0.0.1:port` accepts TCP connections, or panics after `limit`.
+/// `child`, when given, is checked so that a server that died is reported at once.
+pub fn wait_for_port(port: u16, limit: Duration, mut child: Option<&mut Child>, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(child) = child.as_deref_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited with {status} before accepting connections");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not accept connections on port {port} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
