@@ -1,1 +1,15 @@
-//! placeholder
+//! The CDC service: Postgres logical replication (pgoutput) and NOTIFY into NATS.
+//!
+//! Data flows one way: [`replication`] streams WAL from a slot, [`pgoutput`] decodes it into
+//! change events, the publisher puts them on JetStream and only then confirms the LSN back to
+//! Postgres. Around that core: the NOTIFY bridge, the hot-standby leader election, the health
+//! endpoint, the Postgres-wire endpoint for `SUBSCRIBE`/`LISTEN`, and the migrations `init` applies.
+
+pub mod migrations;
+pub mod postgres_error;
+pub mod publications;
+pub mod health;
+pub mod notify;
+// pending: pub mod pipeline;
+pub mod publisher;
+// pending: pub mod service;

@@ -1,1 +1,74 @@
-fn main() {}
+//! `nself-realtime`: one binary for every role (CDC sidecar, gateway, all-in-one `up`) and the
+//! admin commands of seed 002.
+//!
+//! This file only parses the command line and maps outcomes to exit codes: 0 ok, 1 runtime
+//! failure, 2 bad usage or bad configuration (always one line that names the fix). Each
+//! subcommand lives in `commands/` and calls into the libraries.
+
+mod commands;
+mod exit;
+mod logging;
+
+use clap::{Parser, Subcommand};
+use exit::CliError;
+
+#[derive(Parser)]
+#[command(
+    name = "nself-realtime",
+    version,
+    about = "Realtime for Postgres apps: database changes, broadcast and presence over WebSockets"
+)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format: pretty or json.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "pretty")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update the realtime schema, roles and publications (idempotent).
+    Init(commands::init::Args),
+    // pending: Cdc
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return std::process::ExitCode::from(code);
+        }
+    };
+    if let Err(e) = logging::init(&cli.log_level, &cli.log_format) {
+        return e.report();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return CliError::runtime(anyhow::anyhow!("cannot start the async runtime: {e}"))
+                .report()
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Init(args) => commands::init::run(args, json).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}

@@ -97,7 +97,15 @@ mod tests {
     #[test]
     fn identifiers_are_plain() {
         assert!(plain_identifier("REALTIME_SLOT", "nself_realtime").is_ok());
-        for bad in ["", "Upper", "a-b", "1abc", "a b", "x\"; drop", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Upper",
+            "a-b",
+            "1abc",
+            "a b",
+            "x\"; drop",
+            &"a".repeat(64),
+        ] {
             assert!(plain_identifier("REALTIME_SLOT", bad).is_err(), "{bad:?}");
         }
     }

@@ -11,7 +11,8 @@
 //! `record` is `null` for DELETE and TRUNCATE, `old_record` is `null` for INSERT and TRUNCATE and,
 //! for UPDATE, when the table's replica identity sends no old values. Unchanged TOASTed values that
 //! Postgres did not send are left out of `record` and named in `unchanged_toast`, never sent as a
-//! fake `null`.
+//! fake `null`. A row too large for NATS' `max_payload` is sent reduced to its primary key, with
+//! the reason in `errors`.
 
 use crate::lsn::Lsn;
 use crate::subject::Operation;
@@ -50,6 +51,10 @@ pub struct ChangeEvent {
     /// Columns whose new value is an unchanged TOASTed value that Postgres did not send.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchanged_toast: Vec<String>,
+    /// Why the event is incomplete, when it is (for instance a row too large for NATS, sent
+    /// with its primary key only). Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// The `type` field: `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`.
@@ -147,9 +152,18 @@ mod tests {
 
     #[test]
     fn event_ids_sort_in_commit_order_and_round_trip() {
-        let a = EventId { commit_lsn: Lsn(0x16B3748), position: 2 };
-        let b = EventId { commit_lsn: Lsn(0x16B3748), position: 10 };
-        let c = EventId { commit_lsn: Lsn(0x1_0000_0000), position: 0 };
+        let a = EventId {
+            commit_lsn: Lsn(0x16B3748),
+            position: 2,
+        };
+        let b = EventId {
+            commit_lsn: Lsn(0x16B3748),
+            position: 10,
+        };
+        let c = EventId {
+            commit_lsn: Lsn(0x1_0000_0000),
+            position: 0,
+        };
         assert_eq!(a.to_string(), "00000000016B3748-00000002");
         assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
         for id in [a, b, c] {
@@ -165,23 +179,33 @@ mod tests {
             postgres_micros_to_rfc3339(823_602_923_123_456),
             "2026-02-05T10:35:23.123456Z"
         );
-        assert_eq!(postgres_micros_to_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            postgres_micros_to_rfc3339(-1),
+            "1999-12-31T23:59:59.999999Z"
+        );
     }
 
     #[test]
     fn event_json_has_the_contract_fields() {
         let event = ChangeEvent {
-            id: EventId { commit_lsn: Lsn(1), position: 0 },
+            id: EventId {
+                commit_lsn: Lsn(1),
+                position: 0,
+            },
             lsn: Lsn(1).to_string(),
             commit_timestamp: postgres_micros_to_rfc3339(0),
             schema: "public".into(),
             table: "users".into(),
             operation: EventType::Insert,
-            columns: vec![Column { name: "id".into(), type_name: "int4".into() }],
+            columns: vec![Column {
+                name: "id".into(),
+                type_name: "int4".into(),
+            }],
             record: Some(serde_json::json!({"id": 1}).as_object().unwrap().clone()),
             old_record: None,
             primary_key: vec!["id".into()],
             unchanged_toast: vec![],
+            errors: vec![],
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(

@@ -162,7 +162,10 @@ mod tests {
             ("~", "~7E"),
             ("é", "~C3~A9"),
             ("x\ty\n", "x~09y~0A"),
-            ("\"; DROP TABLE users; --", "~22~3B~20DROP~20TABLE~20users~3B~20--"),
+            (
+                "\"; DROP TABLE users; --",
+                "~22~3B~20DROP~20TABLE~20users~3B~20--",
+            ),
         ];
         for (name, token) in cases {
             let escaped = escape_token(name).unwrap();

@@ -102,7 +102,9 @@ impl Nats {
                     .unwrap_or_else(|_| Stdio::null()),
             )
             .spawn()
-            .expect("start nats-server: install it (scripts/test does: apt-get install -y nats-server)");
+            .expect(
+                "start nats-server: install it (scripts/test does: apt-get install -y nats-server)",
+            );
         std::fs::write(self.root.join("nats.pid"), child.id().to_string()).expect("write nats.pid");
         wait_for_port(self.port, STARTUP_LIMIT, Some(&mut child), "nats-server");
         *self.child.lock().unwrap() = Some(child);

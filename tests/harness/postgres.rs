@@ -184,7 +184,10 @@ impl Postgres {
 
     /// Stops the cluster the way a crash would (no shutdown checkpoint).
     pub fn stop_immediately(&self) {
-        self.pg_ctl(&["stop", "-w", "-m", "immediate"], "pg_ctl stop -m immediate");
+        self.pg_ctl(
+            &["stop", "-w", "-m", "immediate"],
+            "pg_ctl stop -m immediate",
+        );
     }
 
     /// Fast restart.
@@ -225,7 +228,11 @@ impl Postgres {
             url: self.url(&name),
             socket_url: format!(
                 "postgres://postgres@%2F{}:{}/{name}",
-                self.root.display().to_string().trim_start_matches('/').replace('/', "%2F"),
+                self.root
+                    .display()
+                    .to_string()
+                    .trim_start_matches('/')
+                    .replace('/', "%2F"),
                 self.port
             ),
             port: self.port,
@@ -270,7 +277,8 @@ fn append(path: &Path, text: &str) {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(text.as_bytes()).expect("append to postgresql.conf");
+    f.write_all(text.as_bytes())
+        .expect("append to postgresql.conf");
 }
 
 /// How long to wait for servers in tests; generous for a loaded 2-core CI machine.

@@ -11,14 +11,27 @@ async fn postgres_databases_are_fresh_and_logical() {
     assert_ne!(a.name, b.name);
     assert_ne!(a.slot, b.slot);
     let client = a.connect().await;
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(wal_level, "logical");
-    client.batch_execute("CREATE TABLE only_in_a (id int)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE only_in_a (id int)")
+        .await
+        .unwrap();
     let other = b.connect().await;
-    assert!(other.batch_execute("SELECT * FROM only_in_a").await.is_err());
+    assert!(other
+        .batch_execute("SELECT * FROM only_in_a")
+        .await
+        .is_err());
     // The Unix socket works too.
     let over_socket = realtime_tests::connect_url(&a.socket_url).await;
-    over_socket.batch_execute("SELECT * FROM only_in_a").await.unwrap();
+    over_socket
+        .batch_execute("SELECT * FROM only_in_a")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -35,7 +48,11 @@ async fn nats_accounts_are_isolated_jetstream_spaces() {
     };
     js_a.create_stream(config.clone()).await.unwrap();
     js_b.create_stream(config).await.unwrap();
-    js_a.publish("x.1", "a".into()).await.unwrap().await.unwrap();
+    js_a.publish("x.1", "a".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut stream_b = js_b.get_stream("SAME").await.unwrap();
     assert_eq!(stream_b.info().await.unwrap().state.messages, 0);
 }
@@ -44,8 +61,18 @@ async fn nats_accounts_are_isolated_jetstream_spaces() {
 async fn private_postgres_restarts() {
     let pg = Postgres::start();
     let db = pg.fresh_database().await;
-    db.connect().await.batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)").await.unwrap();
+    db.connect()
+        .await
+        .batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
     pg.restart();
-    let n: i64 = db.connect().await.query_one("SELECT count(*) FROM kept", &[]).await.unwrap().get(0);
+    let n: i64 = db
+        .connect()
+        .await
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }

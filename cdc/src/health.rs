@@ -1,0 +1,299 @@
+//! The CDC's `/health` (JSON) and `/metrics` (Prometheus text) on `REALTIME_CDC_HTTP_PORT`.
+//!
+//! The replication session writes what it knows into [`HealthState`] (role, last confirmed
+//! LSN, last error) and counts into [`CdcMetrics`]; the HTTP handlers read them. Postgres' view
+//! (slot lag, whether the slot is active) is asked on each `/health` request over a plain
+//! connection, so a standby reports real figures too.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use nself_realtime_shared::lsn::Lsn;
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The process' counters and gauges, registered in its own registry.
+pub struct CdcMetrics {
+    pub registry: Registry,
+    pub events_published: IntCounter,
+    pub bytes_published: IntCounter,
+    pub events_skipped: IntCounter,
+    pub events_deduplicated: IntCounter,
+    pub events_oversized: IntCounter,
+    pub publish_errors: IntCounter,
+    pub transactions: IntCounter,
+    pub in_flight: IntGauge,
+    pub confirmed_lsn: IntGauge,
+    pub leader: IntGauge,
+    pub sessions: IntCounter,
+    pub notifications_forwarded: IntCounter,
+    pub notification_errors: IntCounter,
+}
+
+impl CdcMetrics {
+    pub fn new() -> CdcMetrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        CdcMetrics {
+            events_published: counter(
+                "realtime_cdc_events_published_total",
+                "Change events sent to JetStream",
+            ),
+            bytes_published: counter(
+                "realtime_cdc_published_bytes_total",
+                "Bytes of change events sent to JetStream",
+            ),
+            events_skipped: counter(
+                "realtime_cdc_events_skipped_total",
+                "Replayed events skipped because JetStream already had them",
+            ),
+            events_deduplicated: counter(
+                "realtime_cdc_events_deduplicated_total",
+                "Events JetStream reported as duplicates",
+            ),
+            events_oversized: counter(
+                "realtime_cdc_events_oversized_total",
+                "Events reduced to their primary key for exceeding max_payload",
+            ),
+            publish_errors: counter(
+                "realtime_cdc_publish_errors_total",
+                "Failed JetStream publications (each restarts the session)",
+            ),
+            transactions: counter(
+                "realtime_cdc_transactions_total",
+                "Committed transactions decoded",
+            ),
+            in_flight: gauge(
+                "realtime_cdc_in_flight",
+                "Events sent and not yet acknowledged",
+            ),
+            confirmed_lsn: gauge(
+                "realtime_cdc_confirmed_lsn",
+                "Last LSN confirmed to Postgres",
+            ),
+            leader: gauge(
+                "realtime_cdc_leader",
+                "1 while this process streams the slot, 0 on standby",
+            ),
+            sessions: counter(
+                "realtime_cdc_sessions_total",
+                "Replication sessions started",
+            ),
+            notifications_forwarded: counter(
+                "realtime_cdc_notifications_total",
+                "NOTIFY messages forwarded to NATS",
+            ),
+            notification_errors: counter(
+                "realtime_cdc_notification_errors_total",
+                "NOTIFY messages that could not be forwarded",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for CdcMetrics {
+    fn default() -> Self {
+        CdcMetrics::new()
+    }
+}
+
+/// Which part this process plays for the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Starting,
+    /// Another process streams the slot; this one waits to take over.
+    Standby,
+    Leader,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Standby => "standby",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Status {
+    last_confirmed: Option<Lsn>,
+    last_error: Option<String>,
+}
+
+/// What the replication session reports about itself.
+pub struct HealthState {
+    status: Mutex<Status>,
+    role: tokio::sync::watch::Sender<Role>,
+    started: Instant,
+    slot: String,
+    database: tokio_postgres::Config,
+    nats: async_nats::Client,
+    monitor: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl HealthState {
+    pub fn new(slot: String, database: tokio_postgres::Config, nats: async_nats::Client) -> Self {
+        HealthState {
+            status: Mutex::new(Status {
+                last_confirmed: None,
+                last_error: None,
+            }),
+            role: tokio::sync::watch::Sender::new(Role::Starting),
+            started: Instant::now(),
+            slot,
+            database,
+            nats,
+            monitor: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.role.send_replace(role);
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.borrow()
+    }
+
+    /// Follows role changes (the NOTIFY bridge runs only while this process leads).
+    pub fn watch_role(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn confirmed(&self, lsn: Lsn) {
+        let mut status = self.status.lock().unwrap();
+        status.last_confirmed = Some(lsn);
+        status.last_error = None;
+    }
+
+    /// Records why the service is degraded; cleared by the next confirmed LSN.
+    pub fn error(&self, message: String) {
+        self.status.lock().unwrap().last_error = Some(message);
+    }
+
+    /// Postgres' view of the slot: (current WAL LSN, slot's confirmed LSN, slot active).
+    async fn slot_view(&self) -> Result<(Lsn, Option<Lsn>, bool), String> {
+        let mut monitor = self.monitor.lock().await;
+        if monitor.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self
+                .database
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| crate::postgres_error::describe(&e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            *monitor = Some(client);
+        }
+        let client = monitor.as_ref().expect("connected above");
+        let current: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| crate::postgres_error::describe(&e))?
+            .get(0);
+        let slot = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| crate::postgres_error::describe(&e))?;
+        let parse = |text: &str| text.parse::<Lsn>().map_err(|e| e.to_string());
+        let current = parse(&current)?;
+        match slot {
+            None => Ok((current, None, false)),
+            Some(row) => {
+                let confirmed: Option<String> = row.get(0);
+                let confirmed = confirmed.as_deref().map(parse).transpose()?;
+                Ok((current, confirmed, row.get(1)))
+            }
+        }
+    }
+
+    /// The `/health` document and whether the service is healthy.
+    pub async fn report(&self) -> (bool, serde_json::Value) {
+        let view = tokio::time::timeout(Duration::from_secs(2), self.slot_view())
+            .await
+            .unwrap_or_else(|_| Err("timed out after 2 s".into()));
+        let nats_connected =
+            self.nats.connection_state() == async_nats::connection::State::Connected;
+        let role = self.role();
+        let (last_confirmed, last_error) = {
+            let s = self.status.lock().unwrap();
+            (s.last_confirmed, s.last_error.clone())
+        };
+        let (postgres, lag, slot_active) = match &view {
+            Ok((current, confirmed, active)) => (
+                json!({"connected": true}),
+                confirmed.map(|c| current.0.saturating_sub(c.0)),
+                *active,
+            ),
+            Err(e) => (json!({"connected": false, "error": e}), None, false),
+        };
+        let healthy = view.is_ok() && nats_connected && last_error.is_none();
+        let body = json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "role": role.as_str(),
+            "postgres": postgres,
+            "nats": {"connected": nats_connected},
+            "slot": self.slot,
+            "slot_active": slot_active,
+            "last_confirmed_lsn": last_confirmed.map(|l| l.to_string()),
+            "lag_bytes": lag,
+            "error": last_error,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+        });
+        (healthy, body)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<HealthState>,
+    metrics: Arc<CdcMetrics>,
+}
+
+/// The router serving `/health` and `/metrics`.
+pub fn router(health: Arc<HealthState>, metrics: Arc<CdcMetrics>) -> Router {
+    Router::new()
+        .route("/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AppState { health, metrics })
+}
+
+async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let (healthy, body) = state.health.report().await;
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&state.metrics.registry.gather())
+        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"));
+    ([("content-type", "text/plain; version=0.0.4")], text)
+}

@@ -1,0 +1,113 @@
+//! The SQL migrations of `migrations/`, embedded in the binary and applied in order by
+//! `nself-realtime init` (and `up`).
+//!
+//! Each file runs once, in its own transaction, and is recorded in `realtime.schema_migrations`;
+//! running `init` again changes nothing. A session advisory lock serialises concurrent `init`s
+//! (two CDCs starting together). The files are also written to be idempotent on their own, so a
+//! database that already has the objects (created by hand or by an older tool) is adopted.
+
+use tokio_postgres::Client;
+
+/// One embedded migration file.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in the order they apply.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_realtime_schema",
+    sql: include_str!("../../migrations/0001_realtime_schema.sql"),
+}];
+
+/// Advisory lock key held while migrating ("nselfrt" as bytes).
+const MIGRATION_LOCK: i64 = 0x6e73_656c_6672_74;
+
+/// A migration failed; the message names the file and Postgres' complaint.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("cannot prepare realtime.schema_migrations: {0}")]
+    Bookkeeping(#[source] tokio_postgres::Error),
+    #[error("migration {name} failed: {source}")]
+    Failed {
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Applies every migration not yet recorded; returns the names of those applied now.
+pub async fn apply(client: &mut Client) -> Result<Vec<&'static str>, MigrationError> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS realtime;
+             CREATE TABLE IF NOT EXISTS realtime.schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(MigrationError::Bookkeeping)?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(MigrationError::Bookkeeping)?;
+    let result = apply_locked(client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(MigrationError::Bookkeeping);
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_locked(client: &mut Client) -> Result<Vec<&'static str>, MigrationError> {
+    let done: Vec<i32> = client
+        .query("SELECT version FROM realtime.schema_migrations", &[])
+        .await
+        .map_err(MigrationError::Bookkeeping)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        let failed = |source| MigrationError::Failed {
+            name: migration.name,
+            source,
+        };
+        let tx = client.transaction().await.map_err(failed)?;
+        tx.batch_execute(migration.sql).await.map_err(failed)?;
+        tx.execute(
+            "INSERT INTO realtime.schema_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        applied.push(migration.name);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_increasing_and_match_file_names() {
+        for pair in MIGRATIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version);
+        }
+        for m in MIGRATIONS {
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "{}",
+                m.name
+            );
+        }
+    }
+}

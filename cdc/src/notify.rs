@@ -1,0 +1,141 @@
+//! The NOTIFY bridge: `pg_notify(channel, payload)` → core NATS `realtime.notify.<channel>`.
+//!
+//! While this process leads the slot (a standby would double every notification), it holds a
+//! plain Postgres connection that LISTENs on each `REALTIME_NOTIFY_CHANNELS` channel and
+//! forwards each notification: a payload that is JSON is sent as that JSON, any other payload
+//! as a JSON string. After a lost connection it reconnects with capped backoff and LISTENs
+//! again. NOTIFY is fire-and-forget in Postgres too: notifications sent while no bridge listens
+//! (during a reconnect or a failover) are not replayed.
+
+use crate::health::{CdcMetrics, Role};
+use crate::postgres_error::describe;
+use futures::StreamExt;
+use nself_realtime_shared::subject;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_postgres::AsyncMessage;
+
+/// The NATS message body for a NOTIFY payload.
+pub fn body(payload: &str) -> bytes::Bytes {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(_) => bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        Err(_) => serde_json::to_vec(payload)
+            .expect("a string always serializes")
+            .into(),
+    }
+}
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs the bridge whenever `role` is [`Role::Leader`], until `role`'s sender is dropped.
+pub async fn run(
+    database: tokio_postgres::Config,
+    channels: Vec<String>,
+    nats: async_nats::Client,
+    metrics: Arc<CdcMetrics>,
+    mut role: watch::Receiver<Role>,
+) {
+    if channels.is_empty() {
+        return;
+    }
+    let mut failures = 0u32;
+    loop {
+        if role.wait_for(|r| *r == Role::Leader).await.is_err() {
+            return;
+        }
+        let session = bridge(&database, &channels, &nats, &metrics);
+        let demoted = role.wait_for(|r| *r != Role::Leader);
+        tokio::select! {
+            result = session => {
+                match result {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "NOTIFY bridge lost its connection; reconnecting");
+                    }
+                }
+                let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                tokio::time::sleep(backoff).await;
+            }
+            _ = demoted => {}
+        }
+    }
+}
+
+/// One connection's worth of bridging; returns when the connection ends.
+async fn bridge(
+    database: &tokio_postgres::Config,
+    channels: &[String],
+    nats: &async_nats::Client,
+    metrics: &CdcMetrics,
+) -> Result<(), String> {
+    let (client, mut connection) = database
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| describe(&e))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+        Ok(())
+    });
+    let listen: String = channels
+        .iter()
+        .map(|c| format!("LISTEN {};", quote_ident(c)))
+        .collect();
+    client
+        .batch_execute(&listen)
+        .await
+        .map_err(|e| describe(&e))?;
+    tracing::info!(channels = ?channels, "NOTIFY bridge listening");
+    while let Some(notification) = rx.recv().await {
+        let channel = notification.channel();
+        let Ok(subject) = subject::notify(channel) else {
+            metrics.notification_errors.inc();
+            continue;
+        };
+        match nats.publish(subject, body(notification.payload())).await {
+            Ok(()) => metrics.notifications_forwarded.inc(),
+            Err(e) => {
+                metrics.notification_errors.inc();
+                tracing::warn!(channel, error = %e, "cannot forward a notification to NATS");
+            }
+        }
+    }
+    drop(client);
+    driver.await.map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_payloads_stay_json_and_others_become_strings() {
+        assert_eq!(&body(r#"{"id": 1}"#)[..], br#"{"id": 1}"#);
+        assert_eq!(&body("42")[..], b"42");
+        assert_eq!(&body("hello")[..], br#""hello""#);
+        assert_eq!(&body("")[..], br#""""#);
+        assert_eq!(&body("say \"hi\"")[..], br#""say \"hi\"""#);
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,234 @@
+//! One replication session: WAL in, change events out, LSNs confirmed only once stored.
+//!
+//! ```text
+//! ReplicationStream ──XLogData──▶ pgoutput decode ──▶ EventBuilder ──ChangeEvent──▶ Publisher
+//!        ▲                                                                           │ acks
+//!        └──────────── standby status update (confirmed LSN) ◀── next_confirmed ◀───┘
+//! ```
+//!
+//! The loop selects between three things: reading the next replication message (only while the
+//! publisher's window has room — a full window stops reading, which is the backpressure that
+//! keeps memory bounded while NATS is slow or gone), the next JetStream acknowledgement, and a
+//! status timer that keeps the walsender from timing out even while reading is paused.
+//! Any error ends the session; `service::replicate` starts a new one, which resumes at the
+//! slot's confirmed LSN and skips what JetStream already has.
+
+use crate::health::{CdcMetrics, HealthState, Role};
+use crate::pgoutput::events::{EventBuilder, Step};
+use crate::pgoutput::messages::Message;
+use crate::pgoutput::types::TypeCache;
+use crate::postgres_error::describe;
+use crate::publisher::{self, PublishError, Publisher, StreamSettings};
+use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
+use nself_realtime_shared::lsn::Lsn;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long JetStream may take to acknowledge an event before the session is restarted.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the confirmed LSN is reported while it moves.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a status is sent even when nothing moved (well under `wal_sender_timeout`).
+const IDLE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for outstanding acknowledgements.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session settings of the walsender: they fix the text form of the values pgoutput sends,
+/// which the value conversion relies on.
+pub const WALSENDER_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "iso_8601"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+];
+
+/// What a session needs; shared by every session of the process.
+pub struct Session {
+    pub database: tokio_postgres::Config,
+    pub slot: String,
+    pub publications: Vec<String>,
+    pub nats: async_nats::Client,
+    pub stream: StreamSettings,
+    pub max_in_flight: usize,
+    pub metrics: Arc<CdcMetrics>,
+    pub health: Arc<HealthState>,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Another process streams the slot: stand by.
+    #[error("the replication slot is streamed by another process")]
+    SlotInUse,
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("cannot decode the replication stream: {0}")]
+    Decode(String),
+    #[error("Postgres: {0}")]
+    Postgres(String),
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+}
+
+fn postgres(e: tokio_postgres::Error) -> SessionError {
+    SessionError::Postgres(describe(&e))
+}
+
+/// Opens a plain connection (type lookups, the slot's confirmed LSN).
+async fn plain_connection(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, SessionError> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(postgres)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Runs one session until an error, the end of the stream, or `stop` turning true (then it
+/// drains outstanding acknowledgements, confirms, and returns `Ok`).
+pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result<(), SessionError> {
+    let options = WALSENDER_SETTINGS
+        .iter()
+        .fold(ConnectOptions::default(), |o, (name, value)| {
+            o.setting(*name, *value)
+        });
+    let mut client = ReplicationClient::connect(&s.database, &options).await?;
+    client.create_slot_if_missing(&s.slot).await?;
+
+    let js = publisher::context(s.nats.clone(), s.max_in_flight, ACK_TIMEOUT);
+    publisher::ensure_stream(&js, &s.stream).await?;
+    let skip_through = publisher::last_published(&js).await?;
+
+    let catalog = plain_connection(&s.database).await?;
+    let slot_lsn: Option<String> = catalog
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&s.slot],
+        )
+        .await
+        .map_err(postgres)?
+        .and_then(|row| row.get(0));
+    let mut confirmed = slot_lsn
+        .and_then(|t| t.parse::<Lsn>().ok())
+        .unwrap_or_default();
+
+    let names: Vec<&str> = s.publications.iter().map(String::as_str).collect();
+    let mut stream = match client.start_replication(&s.slot, Lsn(0), &names).await {
+        Ok(stream) => stream,
+        Err(ReplicationError::SlotInUse { .. }) => return Err(SessionError::SlotInUse),
+        Err(e) => return Err(e.into()),
+    };
+    s.metrics.sessions.inc();
+    s.metrics.leader.set(1);
+    s.health.set_role(Role::Leader);
+    tracing::info!(slot = %s.slot, from = %confirmed, skip_through = ?skip_through.map(|id| id.to_string()), "streaming");
+
+    let mut publisher = Publisher::new(
+        js,
+        s.nats.server_info().max_payload,
+        s.max_in_flight,
+        skip_through,
+        s.metrics.clone(),
+    );
+    let mut builder = EventBuilder::new();
+    let mut types = TypeCache::new();
+    let mut events = Vec::new();
+    let mut in_transaction = false;
+    let mut reported = confirmed;
+    let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+    let mut last_status = tokio::time::Instant::now();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            acked = publisher.next_confirmed(), if publisher.in_flight() > 0 => {
+                if let Some(lsn) = acked? {
+                    confirmed = confirmed.max(lsn);
+                }
+            }
+            message = stream.next(), if !publisher.is_full() => {
+                match message? {
+                    None => return Err(SessionError::StreamEnded),
+                    Some(ReplicationEvent::Keepalive { wal_end, reply_requested, .. }) => {
+                        // Everything up to wal_end was sent to us; if all of it is stored,
+                        // the slot may move there even when no table of ours changed.
+                        if !in_transaction && publisher.is_idle() {
+                            confirmed = confirmed.max(wal_end);
+                        }
+                        if reply_requested {
+                            stream.send_status(confirmed, confirmed, confirmed, false).await?;
+                            reported = confirmed;
+                            last_status = tokio::time::Instant::now();
+                        }
+                    }
+                    Some(ReplicationEvent::XLogData { data, .. }) => {
+                        let message = Message::decode(data)
+                            .map_err(|e| SessionError::Decode(e.to_string()))?;
+                        let step = builder
+                            .handle(message, &types, &mut events)
+                            .map_err(|e| SessionError::Decode(e.to_string()))?;
+                        match step {
+                            Step::Begin => in_transaction = true,
+                            Step::Commit { end_lsn, .. } => {
+                                in_transaction = false;
+                                s.metrics.transactions.inc();
+                                if let Some(lsn) = publisher.commit(end_lsn) {
+                                    confirmed = confirmed.max(lsn);
+                                }
+                            }
+                            Step::NeedTypes(oids) => {
+                                types.load(&catalog, &oids).await.map_err(postgres)?;
+                            }
+                            Step::Other => {}
+                        }
+                        for event in events.drain(..) {
+                            publisher.publish(&event).await?;
+                        }
+                    }
+                }
+            }
+            _ = status_timer.tick() => {
+                if confirmed != reported || last_status.elapsed() >= IDLE_STATUS_INTERVAL {
+                    stream.send_status(confirmed, confirmed, confirmed, false).await?;
+                    if confirmed != reported {
+                        s.health.confirmed(confirmed);
+                        s.metrics.confirmed_lsn.set(confirmed.0 as i64);
+                    }
+                    reported = confirmed;
+                    last_status = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    // Shutdown: let outstanding events be acknowledged, confirm, and end the stream.
+    let drain = async {
+        while publisher.in_flight() > 0 {
+            if let Some(lsn) = publisher.next_confirmed().await? {
+                confirmed = confirmed.max(lsn);
+            }
+        }
+        Ok::<_, SessionError>(())
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("shutdown: JetStream did not acknowledge every event in time; they will be re-sent and deduplicated"),
+    }
+    stream
+        .send_status(confirmed, confirmed, confirmed, false)
+        .await?;
+    s.health.confirmed(confirmed);
+    let _ = stream.finish().await;
+    tracing::info!(confirmed = %confirmed, "replication session stopped");
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Publishing change events to JetStream, and knowing which LSN is safe to confirm to Postgres.
+//!
+//! Events go out asynchronously: [`Publisher::publish`] sends and returns at once, keeping the
+//! acknowledgement future in an ordered window of at most `max_in_flight` events. The caller
+//! marks each transaction's end with [`Publisher::commit`]; an LSN becomes confirmable only when
+//! JetStream has acknowledged every event of its transaction and of all earlier ones
+//! ([`Publisher::next_confirmed`]). Nothing is confirmed before it is stored.
+//!
+//! Exactly once: every event carries `Nats-Msg-Id` = its deterministic id, so JetStream drops a
+//! re-publication within its duplicate window; beyond that, a publisher created after a restart
+//! skips every id up to the last one already in the stream ([`last_published`]). Events are
+//! published in commit order on one connection, so the stored events are always a prefix of
+//! what was sent; after any publish error the caller drops the publisher and resumes from the
+//! slot, and the prefix rule plus the skip make the retry exact.
+
+use crate::health::CdcMetrics;
+use async_nats::jetstream::context::{Context, PublishAckFuture};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use nself_realtime_shared::config::{DB_STREAM, DB_STREAM_DUPLICATE_WINDOW};
+use nself_realtime_shared::event::{ChangeEvent, EventId};
+use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::subject;
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why publishing stopped. Every variant ends the replication session; the service reconnects
+/// and resumes from the last confirmed LSN.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot create or update JetStream stream {DB_STREAM}: {0}")]
+    Stream(String),
+    #[error("cannot read the last event of stream {DB_STREAM}: {0}")]
+    LastEvent(String),
+    #[error("publishing to JetStream failed: {0}")]
+    Publish(String),
+    #[error("JetStream did not acknowledge an event: {0}")]
+    Ack(String),
+    #[error("event {0} has a name that cannot become a NATS subject: {1}")]
+    Subject(EventId, subject::SubjectError),
+}
+
+/// Settings of the `REALTIME_DB` stream.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// How long events are kept (`REALTIME_MESSAGE_TTL`): the replay window.
+    pub message_ttl: Duration,
+    /// Copies kept in a NATS cluster.
+    pub replicas: usize,
+}
+
+fn stream_config(settings: &StreamSettings) -> Config {
+    Config {
+        name: DB_STREAM.to_string(),
+        description: Some(
+            "nself-realtime table changes, one event per row, in commit order".into(),
+        ),
+        subjects: vec![format!("{}.>", subject::DB_PREFIX)],
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        storage: StorageType::File,
+        max_age: settings.message_ttl,
+        duplicate_window: DB_STREAM_DUPLICATE_WINDOW,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or updates its retention and duplicate window to the configured ones.
+pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<(), PublishError> {
+    js.create_or_update_stream(stream_config(settings))
+        .await
+        .map(|_| ())
+        .map_err(|e| PublishError::Stream(e.to_string()))
+}
+
+/// The id of the newest event stored in the stream, if it still holds one.
+pub async fn last_published(js: &Context) -> Result<Option<EventId>, PublishError> {
+    let err = |e: &dyn std::fmt::Display| PublishError::LastEvent(e.to_string());
+    let mut stream = js.get_stream(DB_STREAM).await.map_err(|e| err(&e))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| err(&e))?
+        .state
+        .last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    let message = match stream.get_raw_message(last).await {
+        Ok(message) => message,
+        // Expired or deleted: nothing left to deduplicate against.
+        Err(e)
+            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(err(&e)),
+    };
+    Ok(message
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .and_then(|id| id.as_str().parse().ok()))
+}
+
+/// Builds a JetStream context whose own in-flight limit sits above ours, so that our window,
+/// not the client's, decides when to stop reading.
+pub fn context(client: async_nats::Client, max_in_flight: usize, ack_timeout: Duration) -> Context {
+    async_nats::jetstream::ContextBuilder::new()
+        .max_ack_inflight(max_in_flight + 64)
+        .ack_timeout(ack_timeout)
+        .timeout(ack_timeout)
+        .build(client)
+}
+
+/// The ordered window of unacknowledged events of one replication session.
+pub struct Publisher {
+    js: Context,
+    max_payload: usize,
+    max_in_flight: usize,
+    acks: FuturesOrdered<<PublishAckFuture as IntoFuture>::IntoFuture>,
+    /// Events sent so far, and acknowledged so far (acks complete in order).
+    sent: u64,
+    acked: u64,
+    /// Transaction ends not yet confirmable: (events sent when it committed, its end LSN).
+    commits: VecDeque<(u64, Lsn)>,
+    /// Ids up to this one are already stored and are skipped.
+    skip_through: Option<EventId>,
+    metrics: Arc<CdcMetrics>,
+}
+
+impl Publisher {
+    pub fn new(
+        js: Context,
+        max_payload: usize,
+        max_in_flight: usize,
+        skip_through: Option<EventId>,
+        metrics: Arc<CdcMetrics>,
+    ) -> Publisher {
+        Publisher {
+            js,
+            max_payload,
+            max_in_flight,
+            acks: FuturesOrdered::new(),
+            sent: 0,
+            acked: 0,
+            commits: VecDeque::new(),
+            skip_through,
+            metrics,
+        }
+    }
+
+    /// Whether the window is full: the caller must wait for [`Publisher::next_confirmed`]
+    /// before publishing more (and so stops reading the replication stream).
+    pub fn is_full(&self) -> bool {
+        self.acks.len() >= self.max_in_flight
+    }
+
+    /// Events sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// Nothing in flight and no transaction waiting for acknowledgements.
+    pub fn is_idle(&self) -> bool {
+        self.acks.is_empty() && self.commits.is_empty()
+    }
+
+    /// Sends one event (or skips it if the stream already has it).
+    pub async fn publish(&mut self, event: &ChangeEvent) -> Result<(), PublishError> {
+        if self.skip_through.is_some_and(|last| event.id <= last) {
+            self.metrics.events_skipped.inc();
+            return Ok(());
+        }
+        let subject = subject::table_change(&event.schema, &event.table, event.operation.into())
+            .map_err(|e| PublishError::Subject(event.id, e))?;
+        let payload = self.encode(event);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            event.id.to_string().as_str(),
+        );
+        let bytes = payload.len();
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| PublishError::Publish(e.to_string()))?;
+        self.acks.push_back(ack.into_future());
+        self.sent += 1;
+        self.metrics.events_published.inc();
+        self.metrics.bytes_published.inc_by(bytes as u64);
+        self.metrics.in_flight.set(self.acks.len() as i64);
+        Ok(())
+    }
+
+    /// The event's JSON, reduced to its primary key when it would exceed NATS' `max_payload`
+    /// (publishing it whole would fail forever and stall the stream).
+    fn encode(&self, event: &ChangeEvent) -> Bytes {
+        let json = serde_json::to_vec(event).expect("change events always serialize");
+        // Headers and the subject take some of max_payload too.
+        let limit = self.max_payload.saturating_sub(1024);
+        if json.len() <= limit {
+            return Bytes::from(json);
+        }
+        self.metrics.events_oversized.inc();
+        tracing::warn!(
+            id = %event.id, schema = %event.schema, table = %event.table, bytes = json.len(),
+            max_payload = self.max_payload,
+            "event exceeds NATS max_payload; publishing its primary key only"
+        );
+        let keep_key = |row: &Option<nself_realtime_shared::event::Row>| {
+            row.as_ref().map(|row| {
+                row.iter()
+                    .filter(|(name, _)| event.primary_key.contains(name))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect()
+            })
+        };
+        let mut reduced = event.clone();
+        reduced.record = keep_key(&event.record);
+        reduced.old_record = keep_key(&event.old_record);
+        reduced.unchanged_toast.clear();
+        reduced.errors.push(format!(
+            "event of {} bytes exceeds NATS max_payload ({} bytes): only the primary key is sent; \
+             raise max_payload in nats-server.conf to receive whole rows",
+            json.len(),
+            self.max_payload
+        ));
+        Bytes::from(serde_json::to_vec(&reduced).expect("change events always serialize"))
+    }
+
+    /// Marks the end of a transaction whose events were all passed to [`Publisher::publish`].
+    /// Returns its end LSN at once when nothing of it (or before it) awaits acknowledgement.
+    pub fn commit(&mut self, end_lsn: Lsn) -> Option<Lsn> {
+        self.commits.push_back((self.sent, end_lsn));
+        self.take_confirmable()
+    }
+
+    fn take_confirmable(&mut self) -> Option<Lsn> {
+        let mut confirmable = None;
+        while let Some(&(needed, lsn)) = self.commits.front() {
+            if self.acked < needed {
+                break;
+            }
+            confirmable = Some(lsn);
+            self.commits.pop_front();
+        }
+        confirmable
+    }
+
+    /// Waits for the oldest acknowledgement; returns the newest LSN that became safe to confirm,
+    /// if any. Pending forever when nothing is in flight. Cancel-safe.
+    pub async fn next_confirmed(&mut self) -> Result<Option<Lsn>, PublishError> {
+        match self.acks.next().await {
+            None => std::future::pending().await,
+            Some(Err(e)) => {
+                self.metrics.publish_errors.inc();
+                Err(PublishError::Ack(e.to_string()))
+            }
+            Some(Ok(ack)) => {
+                if ack.duplicate {
+                    self.metrics.events_deduplicated.inc();
+                }
+                self.acked += 1;
+                self.metrics.in_flight.set(self.acks.len() as i64);
+                Ok(self.take_confirmable())
+            }
+        }
+    }
+}

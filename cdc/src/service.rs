@@ -1,0 +1,280 @@
+//! The CDC service as `nself-realtime cdc` runs it: check the configuration, start the side
+//! services (health, Postgres-wire endpoint, NOTIFY bridge), then run replication sessions
+//! until shutdown.
+//!
+//! Startup problems a person must fix (unreachable Postgres or NATS, `wal_level` not logical,
+//! missing privileges, a port in use) are [`StartError::Config`], which the binary turns into
+//! exit code 2 and one line naming the fix. Once running, nothing is fatal: a lost Postgres or
+//! NATS degrades health and is retried with capped backoff, and a slot streamed by another
+//! process makes this one a hot standby that retries every [`STANDBY_RETRY`].
+
+use crate::health::{self, CdcMetrics, HealthState, Role};
+use crate::pipeline::{self, Session, SessionError};
+use crate::postgres_error::describe;
+use crate::publisher::{self, StreamSettings};
+use crate::{notify, publications, wire};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How often a standby asks for the slot. Takeover happens within this plus the time Postgres
+/// needs to notice the dead leader's connection.
+pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything `nself-realtime cdc` needs, already parsed and validated by the binary.
+#[derive(Debug, Clone)]
+pub struct CdcConfig {
+    pub database: tokio_postgres::Config,
+    pub nats_url: String,
+    pub slot: String,
+    pub publication: String,
+    pub message_ttl: Duration,
+    pub notify_channels: Vec<String>,
+    pub wire_addr: SocketAddr,
+    pub wire_password: Option<String>,
+    pub http_addr: SocketAddr,
+    pub max_in_flight: usize,
+}
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration or environment; the message names the fix.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Checks the database can be replicated by this role and prepares the publications.
+async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
+    let (client, connection) = config
+        .database
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            StartError::Config(format!(
+                "cannot connect to DATABASE_URL ({}); check host, port, user, password and database name",
+                describe(&e)
+            ))
+        })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let query_failed = |e: tokio_postgres::Error| StartError::Runtime(describe(&e));
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(query_failed)?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(StartError::Config(format!(
+            "Postgres has wal_level={wal_level}; set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+        )));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(query_failed)?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if !can_replicate {
+        return Err(StartError::Config(format!(
+            "role {user} may not use replication; run ALTER ROLE {} REPLICATION as a superuser",
+            notify::quote_ident(&user)
+        )));
+    }
+    let initialised: bool = client
+        .query_one(
+            "SELECT to_regclass('realtime.subscriptions') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(query_failed)?
+        .get(0);
+    if !initialised {
+        return Err(StartError::Config(
+            "the realtime schema is missing; run `nself-realtime init` against DATABASE_URL first"
+                .into(),
+        ));
+    }
+    publications::ensure_exist(&client, &config.publication)
+        .await
+        .map_err(|e| {
+            StartError::Config(format!(
+                "cannot create the {} publications ({}); run `nself-realtime init` as the database owner",
+                config.publication,
+                describe(&e)
+            ))
+        })
+}
+
+async fn bind(addr: SocketAddr, var: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        StartError::Config(format!(
+            "cannot listen on {addr} ({e}); choose a free port with {var}"
+        ))
+    })
+}
+
+/// Runs the CDC until `shutdown` completes.
+pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    check_postgres(&config).await?;
+    let nats = nself_realtime_shared::nats::connect(&config.nats_url, "nself-realtime-cdc")
+        .await
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let settings = StreamSettings {
+        message_ttl: config.message_ttl,
+        replicas: 1,
+    };
+    let js = async_nats::jetstream::new(nats.clone());
+    publisher::ensure_stream(&js, &settings)
+        .await
+        .map_err(|e| {
+            StartError::Config(format!(
+                "{e}; NATS_URL must point at a server with JetStream enabled (nats-server -js)"
+            ))
+        })?;
+    let http = bind(config.http_addr, "REALTIME_CDC_HTTP_PORT").await?;
+    let wire_listener = bind(config.wire_addr, "REALTIME_CDC_PORT").await?;
+
+    let metrics = Arc::new(CdcMetrics::new());
+    let health = Arc::new(HealthState::new(
+        config.slot.clone(),
+        config.database.clone(),
+        nats.clone(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let router = health::router(health.clone(), metrics.clone());
+    let http_task = tokio::spawn(
+        axum::serve(http, router)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let wire_task = tokio::spawn(wire::serve(
+        wire_listener,
+        wire::WireConfig {
+            database: config.database.clone(),
+            publication: config.publication.clone(),
+            password: config.wire_password.clone(),
+        },
+        nats.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let notify_task = tokio::spawn(notify::run(
+        config.database.clone(),
+        config.notify_channels.clone(),
+        nats.clone(),
+        metrics.clone(),
+        health.watch_role(),
+    ));
+    tracing::info!(http = %config.http_addr, wire = %config.wire_addr, slot = %config.slot, "CDC started");
+
+    let session = Session {
+        database: config.database.clone(),
+        slot: config.slot.clone(),
+        publications: publications::all(&config.publication)
+            .into_iter()
+            .map(|p| p.name)
+            .collect(),
+        nats: nats.clone(),
+        stream: settings,
+        max_in_flight: config.max_in_flight,
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    replicate(&session, shutdown).await;
+
+    health.set_role(Role::Starting);
+    let _ = stop_tx.send(true);
+    notify_task.abort();
+    let _ = http_task.await;
+    let _ = wire_task.await;
+    let _ = nats.flush().await;
+    tracing::info!("CDC stopped");
+    Ok(())
+}
+
+/// Runs replication sessions one after another until `shutdown`: as leader while the slot is
+/// ours, as standby while another process streams it, with backoff after failures.
+pub async fn replicate(session: &Session, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut failures = 0u32;
+    loop {
+        let run = pipeline::run_session(session, stop_rx.clone());
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                run.await
+            }
+        };
+        if *stop_rx.borrow() {
+            return;
+        }
+        let wait = match result {
+            Ok(()) => return,
+            Err(SessionError::SlotInUse) => {
+                if session.health.role() != Role::Standby {
+                    tracing::info!(slot = %session.slot, "slot streamed by another process; standing by");
+                }
+                session.health.set_role(Role::Standby);
+                session.metrics.leader.set(0);
+                failures = 0;
+                STANDBY_RETRY
+            }
+            Err(e) => {
+                failures += 1;
+                session.health.set_role(Role::Starting);
+                session.metrics.leader.set(0);
+                session.health.error(e.to_string());
+                let wait = backoff(failures);
+                tracing::warn!(error = %e, retry_in = ?wait, "replication session ended");
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms, 200 ms, ... up to 5 s, each ±20 %.
+pub fn backoff(failures: u32) -> Duration {
+    let base = (100u64 << failures.min(6)).min(5_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = (u64::from(nanos) % (base * 2 / 5 + 1)) as i64 - (base / 5) as i64;
+    Duration::from_millis((base as i64 + jitter).max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for failures in 0..20 {
+            let wait = backoff(failures).as_millis();
+            let base = (100u128 << failures.min(6)).min(5_000);
+            assert!(
+                wait >= base * 4 / 5 && wait <= base * 6 / 5,
+                "{failures}: {wait}"
+            );
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `nself-realtime cdc`: the CDC sidecar. Validates its configuration (exit 2 with the fix on a
+//! bad one) and runs `nself_realtime_cdc::service` until SIGTERM or Ctrl-C.
+
+use crate::exit::CliError;
+use anyhow::anyhow;
+use nself_realtime_cdc::service::{self, CdcConfig, StartError};
+use nself_realtime_shared::config;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Postgres to replicate from.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// NATS with JetStream (comma list for a cluster; credentials may be in the URL).
+    #[arg(long, env = "NATS_URL")]
+    nats_url: String,
+    /// Replication slot.
+    #[arg(long, env = "REALTIME_SLOT", default_value = config::DEFAULT_SLOT)]
+    slot: String,
+    /// Base name of the publications.
+    #[arg(long, env = "REALTIME_PUBLICATION", default_value = config::DEFAULT_PUBLICATION)]
+    publication: String,
+    /// JetStream retention of table changes, in seconds (the replay window).
+    #[arg(long, env = "REALTIME_MESSAGE_TTL", default_value_t = config::DEFAULT_MESSAGE_TTL_SECS.to_string())]
+    message_ttl: String,
+    /// NOTIFY channels to bridge to realtime.notify.<channel> (comma list).
+    #[arg(long, env = "REALTIME_NOTIFY_CHANNELS", default_value = "")]
+    notify_channels: String,
+    /// Address the Postgres-wire endpoint and /health listen on.
+    #[arg(long, env = "REALTIME_CDC_HOST", default_value = "127.0.0.1")]
+    cdc_host: IpAddr,
+    /// Postgres-wire endpoint port (SUBSCRIBE, LISTEN).
+    #[arg(long, env = "REALTIME_CDC_PORT", default_value_t = config::DEFAULT_CDC_PORT)]
+    cdc_port: u16,
+    /// /health and /metrics port.
+    #[arg(long, env = "REALTIME_CDC_HTTP_PORT", default_value_t = config::DEFAULT_CDC_HTTP_PORT)]
+    cdc_http_port: u16,
+    /// Password of the Postgres-wire endpoint (required unless it listens on loopback only).
+    #[arg(long, env = "REALTIME_CDC_PASSWORD", hide_env_values = true)]
+    cdc_password: Option<String>,
+    /// Most events published to JetStream and not yet acknowledged.
+    #[arg(long, env = "REALTIME_CDC_MAX_IN_FLIGHT", default_value_t = 8192)]
+    max_in_flight: usize,
+}
+
+impl Args {
+    fn into_config(self) -> Result<CdcConfig, CliError> {
+        let usage = CliError::usage;
+        let database = super::postgres::parse_url(&self.database_url)?;
+        let message_ttl =
+            config::seconds("REALTIME_MESSAGE_TTL", &self.message_ttl).map_err(usage)?;
+        if self.cdc_password.is_none() && !self.cdc_host.is_loopback() {
+            return Err(usage(anyhow!(
+                "REALTIME_CDC_HOST={} is not loopback, so set REALTIME_CDC_PASSWORD for the Postgres-wire endpoint",
+                self.cdc_host
+            )));
+        }
+        if self.max_in_flight == 0 {
+            return Err(usage(anyhow!(
+                "REALTIME_CDC_MAX_IN_FLIGHT must be at least 1"
+            )));
+        }
+        Ok(CdcConfig {
+            database,
+            nats_url: self.nats_url,
+            slot: config::plain_identifier("REALTIME_SLOT", &self.slot).map_err(usage)?,
+            publication: config::plain_identifier("REALTIME_PUBLICATION", &self.publication)
+                .map_err(usage)?,
+            message_ttl,
+            notify_channels: config::comma_list(&self.notify_channels),
+            wire_addr: SocketAddr::new(self.cdc_host, self.cdc_port),
+            wire_password: self.cdc_password,
+            http_addr: SocketAddr::new(self.cdc_host, self.cdc_http_port),
+            max_in_flight: self.max_in_flight,
+        })
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let config = args.into_config()?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match service::run(config, shutdown).await {
+        Ok(()) => Ok(()),
+        Err(e @ StartError::Config(_)) => Err(CliError::usage(e)),
+        Err(e @ StartError::Runtime(_)) => Err(CliError::runtime(e)),
+    }
+}

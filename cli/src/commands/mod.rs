@@ -1,0 +1,5 @@
+//! One module per subcommand; `postgres` holds the connection step they share.
+
+// pending: pub mod cdc;
+pub mod init;
+pub mod postgres;
