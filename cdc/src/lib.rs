@@ -8,6 +8,7 @@
 pub mod migrations;
 pub mod postgres_error;
 pub mod publications;
+pub mod replication;
 pub mod health;
 pub mod notify;
 // pending: pub mod pipeline;
