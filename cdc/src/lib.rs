@@ -7,6 +7,7 @@
 
 pub mod migrations;
 pub mod postgres_error;
+pub mod pgoutput;
 pub mod publications;
 pub mod replication;
 pub mod health;
