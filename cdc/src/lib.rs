@@ -15,3 +15,5 @@ pub mod notify;
 // pending: pub mod pipeline;
 pub mod publisher;
 // pending: pub mod service;
+pub mod subscriptions;
+pub mod wire;

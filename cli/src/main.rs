@@ -37,6 +37,14 @@ enum Command {
     /// Create or update the realtime schema, roles and publications (idempotent).
     Init(commands::init::Args),
     // pending: Cdc
+    /// Publish a table's changes: subscribe public.users [INSERT,UPDATE,DELETE,TRUNCATE].
+    Subscribe(commands::subscriptions::SubscribeArgs),
+    /// Stop publishing a table's changes.
+    Unsubscribe(commands::subscriptions::UnsubscribeArgs),
+    /// List the tables whose changes are published.
+    Subscriptions(commands::subscriptions::ListArgs),
+    /// Print a table's changes as they happen, for [seconds] (default 60).
+    Listen(commands::listen::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +73,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => commands::init::run(args, json).await,
+            Command::Subscribe(args) => commands::subscriptions::subscribe(args, json).await,
+            Command::Unsubscribe(args) => commands::subscriptions::unsubscribe(args, json).await,
+            Command::Subscriptions(args) => commands::subscriptions::list(args, json).await,
+            Command::Listen(args) => commands::listen::run(args, json).await,
         }
     });
     match result {

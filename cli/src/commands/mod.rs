@@ -3,3 +3,6 @@
 // pending: pub mod cdc;
 pub mod init;
 pub mod postgres;
+pub mod cdc_client;
+pub mod listen;
+pub mod subscriptions;
