@@ -29,6 +29,16 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start(password: Option<&str>) -> Endpoint {
+        Endpoint::start_until(password, std::future::pending())
+            .await
+            .0
+    }
+
+    /// An endpoint that stops when `shutdown` completes; the handle ends when `serve` returned.
+    async fn start_until(
+        password: Option<&str>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (Endpoint, tokio::task::JoinHandle<()>) {
         let db = Postgres::shared().fresh_database().await;
         let mut admin = db.connect().await;
         migrations::apply(&mut admin).await.expect("migrations");
@@ -44,18 +54,19 @@ impl Endpoint {
             publication: db.publication.clone(),
             password: password.map(str::to_string),
         };
-        tokio::spawn(wire::serve(
+        let served = tokio::spawn(wire::serve(
             listener,
             config,
             account.connect().await,
-            std::future::pending(),
+            shutdown,
         ));
-        Endpoint {
+        let endpoint = Endpoint {
             db,
             admin,
             nats,
             port,
-        }
+        };
+        (endpoint, served)
     }
 
     fn config(&self, password: Option<&str>) -> tokio_postgres::Config {
@@ -778,5 +789,88 @@ async fn psql_can_subscribe_and_show_subscriptions() {
             .contains("password authentication failed"),
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_subscribes_of_one_table_leave_it_in_exactly_one_publication() {
+    let endpoint = Endpoint::start(None).await;
+    endpoint
+        .admin
+        .batch_execute("CREATE TABLE public.hot (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let op_sets = [
+        "INSERT",
+        "INSERT,UPDATE",
+        "DELETE",
+        "UPDATE,DELETE",
+        "TRUNCATE",
+        "INSERT,DELETE",
+    ];
+    let mut clients = Vec::new();
+    for _ in op_sets {
+        clients.push(endpoint.connect().await);
+    }
+    let runs = clients.iter().zip(op_sets).map(|(client, ops)| async move {
+        client.ok(&format!("SUBSCRIBE public.hot {ops}")).await;
+    });
+    futures::future::join_all(runs).await;
+    let holding = endpoint.publications_of("public", "hot").await;
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    let rows = endpoint.subscription_rows().await;
+    assert_eq!(rows.len(), 1);
+    let ops: Vec<Operation> = rows[0]
+        .2
+        .iter()
+        .map(|w| Operation::parse(w).unwrap())
+        .collect();
+    assert_eq!(
+        holding[0],
+        endpoint.publication(&ops),
+        "row and publication agree"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_connections_with_a_reason_and_serve_returns() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (endpoint, served) = Endpoint::start_until(None, async move {
+        let _ = stopped.await;
+    })
+    .await;
+    let (client, mut connection) = endpoint
+        .config(None)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let mut outcome = String::from("closed");
+        while let Some(message) = messages.next().await {
+            if let Err(e) = message {
+                outcome = describe(&e);
+                break;
+            }
+        }
+        let _ = tx.send(outcome);
+    });
+    client
+        .simple_query(r#"LISTEN "public.users""#)
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    let outcome = tokio::time::timeout(LIMIT, ended).await.unwrap().unwrap();
+    assert!(
+        outcome.contains("shutting down") && outcome.contains("57P01"),
+        "{outcome}"
+    );
+    tokio::time::timeout(LIMIT, served).await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", endpoint.port))
+            .await
+            .is_err(),
+        "the listener is closed"
     );
 }
