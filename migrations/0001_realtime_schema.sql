@@ -9,7 +9,12 @@ DECLARE
 BEGIN
     FOREACH role_name IN ARRAY ARRAY['anon', 'authenticated', 'service_role'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                -- Roles are cluster-wide: an init of another database created it meanwhile.
+                NULL;
+            END;
         END IF;
     END LOOP;
 END

@@ -5,15 +5,15 @@
 //! Postgres. Around that core: the NOTIFY bridge, the hot-standby leader election, the health
 //! endpoint, the Postgres-wire endpoint for `SUBSCRIBE`/`LISTEN`, and the migrations `init` applies.
 
-pub mod migrations;
-pub mod postgres_error;
-pub mod pgoutput;
-pub mod publications;
-pub mod replication;
 pub mod health;
+pub mod migrations;
 pub mod notify;
-// pending: pub mod pipeline;
+pub mod pgoutput;
+pub mod pipeline;
+pub mod postgres_error;
+pub mod publications;
 pub mod publisher;
-// pending: pub mod service;
+pub mod replication;
+pub mod service;
 pub mod subscriptions;
 pub mod wire;

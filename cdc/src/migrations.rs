@@ -6,6 +6,7 @@
 //! (two CDCs starting together). The files are also written to be idempotent on their own, so a
 //! database that already has the objects (created by hand or by an older tool) is adopted.
 
+use crate::postgres_error::describe;
 use tokio_postgres::Client;
 
 /// One embedded migration file.
@@ -23,19 +24,19 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// Advisory lock key held while migrating ("nselfrt" as bytes).
-const MIGRATION_LOCK: i64 = 0x6e73_656c_6672_74;
+const MIGRATION_LOCK: i64 = 0x006e_7365_6c66_7274;
 
 /// A migration failed; the message names the file and Postgres' complaint.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     #[error("cannot prepare realtime.schema_migrations: {0}")]
-    Bookkeeping(#[source] tokio_postgres::Error),
-    #[error("migration {name} failed: {source}")]
-    Failed {
-        name: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
+    Bookkeeping(String),
+    #[error("migration {name} failed: {reason}")]
+    Failed { name: &'static str, reason: String },
+}
+
+fn bookkeeping(e: tokio_postgres::Error) -> MigrationError {
+    MigrationError::Bookkeeping(describe(&e))
 }
 
 /// Applies every migration not yet recorded; returns the names of those applied now.
@@ -50,16 +51,16 @@ pub async fn apply(client: &mut Client) -> Result<Vec<&'static str>, MigrationEr
              );",
         )
         .await
-        .map_err(MigrationError::Bookkeeping)?;
+        .map_err(bookkeeping)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(MigrationError::Bookkeeping)?;
+        .map_err(bookkeeping)?;
     let result = apply_locked(client).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(MigrationError::Bookkeeping);
+        .map_err(bookkeeping);
     let applied = result?;
     unlock?;
     Ok(applied)
@@ -69,15 +70,15 @@ async fn apply_locked(client: &mut Client) -> Result<Vec<&'static str>, Migratio
     let done: Vec<i32> = client
         .query("SELECT version FROM realtime.schema_migrations", &[])
         .await
-        .map_err(MigrationError::Bookkeeping)?
+        .map_err(bookkeeping)?
         .iter()
         .map(|row| row.get(0))
         .collect();
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        let failed = |source| MigrationError::Failed {
+        let failed = |e: tokio_postgres::Error| MigrationError::Failed {
             name: migration.name,
-            source,
+            reason: describe(&e),
         };
         let tx = client.transaction().await.map_err(failed)?;
         tx.batch_execute(migration.sql).await.map_err(failed)?;

@@ -12,7 +12,7 @@ use crate::postgres_error::describe;
 use futures::StreamExt;
 use nself_realtime_shared::subject;
 use std::sync::Arc;
-use std::time::Duration;
+
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 
@@ -48,21 +48,22 @@ pub async fn run(
             return;
         }
         let session = bridge(&database, &channels, &nats, &metrics);
-        let demoted = role.wait_for(|r| *r != Role::Leader);
-        tokio::select! {
-            result = session => {
-                match result {
-                    Ok(()) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "NOTIFY bridge lost its connection; reconnecting");
-                    }
-                }
-                let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                tokio::time::sleep(backoff).await;
+        let demoted = async {
+            let _ = role.wait_for(|r| *r != Role::Leader).await;
+        };
+        let ended = tokio::select! {
+            result = session => Some(result),
+            _ = demoted => None,
+        };
+        match ended {
+            None => continue,
+            Some(Ok(())) => failures = 0,
+            Some(Err(e)) => {
+                failures += 1;
+                tracing::warn!(error = %e, "NOTIFY bridge lost its connection; reconnecting");
             }
-            _ = demoted => {}
         }
+        tokio::time::sleep(crate::service::backoff(failures)).await;
     }
 }
 
@@ -73,7 +74,9 @@ async fn bridge(
     nats: &async_nats::Client,
     metrics: &CdcMetrics,
 ) -> Result<(), String> {
-    let (client, mut connection) = database
+    let mut config = database.clone();
+    config.application_name("nself-realtime-notify");
+    let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| describe(&e))?;

@@ -16,7 +16,6 @@
 use crate::health::{CdcMetrics, HealthState, Role};
 use crate::pgoutput::events::{EventBuilder, Step};
 use crate::pgoutput::messages::Message;
-use crate::pgoutput::types::TypeCache;
 use crate::postgres_error::describe;
 use crate::publisher::{self, PublishError, Publisher, StreamSettings};
 use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
@@ -33,17 +32,6 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 const IDLE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for outstanding acknowledgements.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Session settings of the walsender: they fix the text form of the values pgoutput sends,
-/// which the value conversion relies on.
-pub const WALSENDER_SETTINGS: &[(&str, &str)] = &[
-    ("DateStyle", "ISO, YMD"),
-    ("TimeZone", "UTC"),
-    ("IntervalStyle", "iso_8601"),
-    ("extra_float_digits", "3"),
-    ("bytea_output", "hex"),
-    ("client_encoding", "UTF8"),
-];
 
 /// What a session needs; shared by every session of the process.
 pub struct Session {
@@ -96,12 +84,17 @@ async fn plain_connection(
 /// Runs one session until an error, the end of the stream, or `stop` turning true (then it
 /// drains outstanding acknowledgements, confirms, and returns `Ok`).
 pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result<(), SessionError> {
-    let options = WALSENDER_SETTINGS
+    // pgoutput sends values in the text forms these settings choose; the decoder relies on them.
+    let options = crate::pgoutput::REQUIRED_SESSION_SETTINGS
         .iter()
         .fold(ConnectOptions::default(), |o, (name, value)| {
             o.setting(*name, *value)
         });
-    let mut client = ReplicationClient::connect(&s.database, &options).await?;
+    let mut database = s.database.clone();
+    if database.get_application_name().is_none() {
+        database.application_name("nself-realtime-cdc");
+    }
+    let mut client = ReplicationClient::connect(&database, &options).await?;
     client.create_slot_if_missing(&s.slot).await?;
 
     let js = publisher::context(s.nats.clone(), s.max_in_flight, ACK_TIMEOUT);
@@ -140,9 +133,7 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
         s.metrics.clone(),
     );
     let mut builder = EventBuilder::new();
-    let mut types = TypeCache::new();
     let mut events = Vec::new();
-    let mut in_transaction = false;
     let mut reported = confirmed;
     let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
     let mut last_status = tokio::time::Instant::now();
@@ -150,7 +141,7 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     loop {
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
             acked = publisher.next_confirmed(), if publisher.in_flight() > 0 => {
                 if let Some(lsn) = acked? {
                     confirmed = confirmed.max(lsn);
@@ -162,7 +153,7 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
                     Some(ReplicationEvent::Keepalive { wal_end, reply_requested, .. }) => {
                         // Everything up to wal_end was sent to us; if all of it is stored,
                         // the slot may move there even when no table of ours changed.
-                        if !in_transaction && publisher.is_idle() {
+                        if !builder.in_transaction() && publisher.is_idle() {
                             confirmed = confirmed.max(wal_end);
                         }
                         if reply_requested {
@@ -175,21 +166,19 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
                         let message = Message::decode(data)
                             .map_err(|e| SessionError::Decode(e.to_string()))?;
                         let step = builder
-                            .handle(message, &types, &mut events)
+                            .handle(message, &mut events)
                             .map_err(|e| SessionError::Decode(e.to_string()))?;
                         match step {
-                            Step::Begin => in_transaction = true,
                             Step::Commit { end_lsn, .. } => {
-                                in_transaction = false;
                                 s.metrics.transactions.inc();
                                 if let Some(lsn) = publisher.commit(end_lsn) {
                                     confirmed = confirmed.max(lsn);
                                 }
                             }
-                            Step::NeedTypes(oids) => {
-                                types.load(&catalog, &oids).await.map_err(postgres)?;
+                            Step::NeedCatalog(needs) => {
+                                builder.load_catalog(&catalog, &needs).await.map_err(postgres)?;
                             }
-                            Step::Other => {}
+                            Step::Begin { .. } | Step::Other => {}
                         }
                         for event in events.drain(..) {
                             publisher.publish(&event).await?;

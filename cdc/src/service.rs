@@ -154,12 +154,13 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let stop_rx_http = stop_rx.clone();
     let router = health::router(health.clone(), metrics.clone());
-    let http_task = tokio::spawn(
+    let http_task = tokio::spawn(async move {
         axum::serve(http, router)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+            .with_graceful_shutdown(stopped(stop_rx_http))
+            .await
+    });
     let wire_task = tokio::spawn(wire::serve(
         wire_listener,
         wire::WireConfig {

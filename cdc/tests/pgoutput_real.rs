@@ -328,7 +328,8 @@ async fn unchanged_toast_is_never_a_fake_null() {
     let default = &events[1];
     assert_eq!(default.record, obj(json!({"id": 1, "views": 1})));
     assert_eq!(default.unchanged_toast, vec!["big"]);
-    assert_eq!(default.old_record, None);
+    // The key did not change, so the old key is the new one.
+    assert_eq!(default.old_record, obj(json!({"id": 1})));
     let json = serde_json::to_value(default).unwrap();
     assert_eq!(json["unchanged_toast"], json!(["big"]));
     assert!(json["record"].get("big").is_none());
@@ -388,7 +389,8 @@ async fn old_records_follow_the_replica_identity() {
         summary,
         vec![
             ("d", EventType::Insert, None),
-            ("d", EventType::Update, None),
+            // Key unchanged: no old tuple is sent, and the old key is the new one.
+            ("d", EventType::Update, Some(json!({"id": 1}))),
             ("d", EventType::Update, Some(json!({"id": 1}))),
             ("d", EventType::Delete, Some(json!({"id": 2}))),
             ("f", EventType::Insert, None),
@@ -396,7 +398,7 @@ async fn old_records_follow_the_replica_identity() {
             ("f", EventType::Delete, Some(json!({"id": 1, "v": "b"}))),
             ("n", EventType::Insert, None),
             ("i", EventType::Insert, None),
-            ("i", EventType::Update, None),
+            ("i", EventType::Update, Some(json!({"code": "x"}))),
             ("i", EventType::Update, Some(json!({"code": "x"}))),
             ("i", EventType::Delete, Some(json!({"code": "y"}))),
         ]

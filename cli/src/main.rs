@@ -36,7 +36,8 @@ struct Cli {
 enum Command {
     /// Create or update the realtime schema, roles and publications (idempotent).
     Init(commands::init::Args),
-    // pending: Cdc
+    /// Run the CDC service: replication and NOTIFY into NATS, health, the SUBSCRIBE endpoint.
+    Cdc(commands::cdc::Args),
     /// Publish a table's changes: subscribe public.users [INSERT,UPDATE,DELETE,TRUNCATE].
     Subscribe(commands::subscriptions::SubscribeArgs),
     /// Stop publishing a table's changes.
@@ -73,6 +74,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => commands::init::run(args, json).await,
+            Command::Cdc(args) => commands::cdc::run(args).await,
             Command::Subscribe(args) => commands::subscriptions::subscribe(args, json).await,
             Command::Unsubscribe(args) => commands::subscriptions::unsubscribe(args, json).await,
             Command::Subscriptions(args) => commands::subscriptions::list(args, json).await,

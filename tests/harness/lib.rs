@@ -16,10 +16,15 @@
 //! directory. Postgres refuses to run as root, so under uid 0 its files belong to, and its
 //! processes run as, the `postgres` OS user.
 
+mod cdc;
 mod nats;
 mod postgres;
 mod process;
 
+pub use cdc::{
+    binary, http_get, http_get_json, init, read_change_stream, run_cli, stream_message_count,
+    CdcProcess,
+};
 pub use nats::{Nats, NatsAccount};
 pub use postgres::{connect as connect_url, Postgres, TestDb};
 pub use process::free_port;

@@ -62,9 +62,9 @@ impl Nats {
         let port = free_port();
         let mut accounts = String::new();
         for n in 0..ACCOUNTS {
-            let _ = write!(
+            let _ = writeln!(
                 accounts,
-                "  A{n}: {{ jetstream: enabled, users: [{{user: t{n}, password: t{n}}}] }}\n"
+                "  A{n}: {{ jetstream: enabled, users: [{{user: t{n}, password: t{n}}}] }}"
             );
         }
         // 8 MB payloads: the CDC tests publish rows with a 1 MB jsonb (NATS' default is 1 MB).

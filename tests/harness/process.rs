@@ -20,6 +20,8 @@ pub fn free_port() -> u16 {
 static WATCHDOG_PIPES: Mutex<Vec<ChildStdin>> = Mutex::new(Vec::new());
 
 /// Starts a shell that runs `cleanup` (a shell script) once this process has exited.
+/// The watchdog outlives this process by design, so it is never waited for.
+#[allow(clippy::zombie_processes)]
 pub fn cleanup_on_exit(cleanup: &str) {
     let mut child = Command::new("sh")
         .arg("-c")

@@ -23,8 +23,10 @@
 //! [`Step::Other`] so a future feature can pick it up).
 //!
 //! Old values follow the table's replica identity: `old_record` is the whole old row under
-//! `FULL`, the key columns when pgoutput sent a key tuple (DELETE, or an UPDATE that changed the
-//! key, under `DEFAULT`/`USING INDEX`), else `null`. An unchanged TOASTed column of an UPDATE
+//! `FULL`, else the key columns: from the key tuple pgoutput sends for a DELETE or an UPDATE that
+//! changed the key, and from the new row for an UPDATE that did not (Postgres sends no old
+//! tuple then, because the key is unchanged). It is `null` only when the table has no identity
+//! (`NOTHING`). An unchanged TOASTed column of an UPDATE
 //! is copied from the old values when they hold it, and otherwise left out of `record` and
 //! named in `unchanged_toast`: never a fake `null`.
 
@@ -285,7 +287,10 @@ impl EventBuilder {
                     update.old.as_ref(),
                     &mut unchanged_toast,
                 );
-                let old_record = update.old.as_ref().map(|old| old_row(relation, old));
+                let old_record = match &update.old {
+                    Some(old) => Some(old_row(relation, old)),
+                    None => unchanged_key(relation, &record),
+                };
                 out.push(transaction.event(
                     relation,
                     EventType::Update,
@@ -417,6 +422,24 @@ fn new_row(
 
 /// `old_record`: the whole old row, or only the key columns of a key tuple; values the old
 /// tuple does not hold (unchanged TOAST) are left out.
+/// The old key of an UPDATE that sent no old tuple: Postgres omits it exactly when the replica
+/// identity columns did not change, so their new values are the old ones. `None` when the
+/// table has no identity columns (`REPLICA IDENTITY NOTHING`).
+fn unchanged_key(relation: &ResolvedRelation, record: &Row) -> Option<Row> {
+    let key: Row = relation
+        .columns
+        .iter()
+        .zip(&relation.identity)
+        .filter(|(_, is_key)| **is_key)
+        .filter_map(|(column, _)| {
+            record
+                .get(&column.name)
+                .map(|value| (column.name.clone(), value.clone()))
+        })
+        .collect();
+    (!key.is_empty()).then_some(key)
+}
+
 fn old_row(relation: &ResolvedRelation, old: &OldTuple) -> Row {
     let mut row = Row::new();
     for (i, (column, conversion)) in relation
@@ -537,11 +560,12 @@ mod tests {
             row(json!({"id": 1, "name": "ann", "bio": null}))
         );
         assert_eq!(insert.old_record, None);
-        // No old values under DEFAULT when the key did not change; bio unchanged and unsent.
+        // No old tuple under DEFAULT when the key did not change: the old key is the new one;
+        // bio is unchanged and unsent.
         let update = &out[1];
         assert_eq!(update.record, row(json!({"id": 1, "name": "bea"})));
         assert_eq!(update.unchanged_toast, vec!["bio"]);
-        assert_eq!(update.old_record, None);
+        assert_eq!(update.old_record, row(json!({"id": 1})));
         // Key changed: the old key, and only the key.
         let key_change = &out[2];
         assert_eq!(key_change.old_record, row(json!({"id": 1})));

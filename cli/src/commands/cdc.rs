@@ -51,13 +51,13 @@ impl Args {
         let message_ttl =
             config::seconds("REALTIME_MESSAGE_TTL", &self.message_ttl).map_err(usage)?;
         if self.cdc_password.is_none() && !self.cdc_host.is_loopback() {
-            return Err(usage(anyhow!(
+            return Err(CliError::usage(anyhow!(
                 "REALTIME_CDC_HOST={} is not loopback, so set REALTIME_CDC_PASSWORD for the Postgres-wire endpoint",
                 self.cdc_host
             )));
         }
         if self.max_in_flight == 0 {
-            return Err(usage(anyhow!(
+            return Err(CliError::usage(anyhow!(
                 "REALTIME_CDC_MAX_IN_FLIGHT must be at least 1"
             )));
         }

@@ -1,8 +1,8 @@
 //! One module per subcommand; `postgres` holds the connection step they share.
 
-// pending: pub mod cdc;
-pub mod init;
-pub mod postgres;
+pub mod cdc;
 pub mod cdc_client;
+pub mod init;
 pub mod listen;
+pub mod postgres;
 pub mod subscriptions;

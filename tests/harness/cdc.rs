@@ -1,0 +1,286 @@
+//! Running the real `nself-realtime` binary in tests: `init`, and `cdc` as a child process that
+//! can be killed with SIGKILL, stopped with SIGTERM, and asked for its `/health`; plus reading
+//! back what reached JetStream.
+//!
+//! The binary is the one `cargo build` put beside the test executables (`scripts/test` builds
+//! the workspace before testing).
+
+use crate::nats::NatsAccount;
+use crate::postgres::TestDb;
+use crate::process::free_port;
+use futures::StreamExt;
+use nself_realtime_shared::event::ChangeEvent;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `nself-realtime` binary of this build.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    // Tests run from target/<profile>/deps/, binaries (realtime-bench) from target/<profile>/;
+    // nself-realtime is in target/<profile>/ either way.
+    let dir = exe.parent().expect("executable in a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
+    let binary = dir.join("nself-realtime");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p nself-realtime` first (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `nself-realtime <args>` to completion with `env` and returns its output.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nself-realtime")
+}
+
+/// `nself-realtime init` against the test database; panics if it fails.
+pub fn init(db: &TestDb) {
+    let out = run_cli(&["init"], &[("DATABASE_URL", &db.url)]);
+    assert!(
+        out.status.success(),
+        "init failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `nself-realtime cdc` process. Dropping it kills the process.
+pub struct CdcProcess {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub wire_port: u16,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl CdcProcess {
+    /// Starts `cdc` for `db` (its own slot) publishing to `nats`, with extra env overrides.
+    pub fn start(db: &TestDb, nats: &NatsAccount, extra_env: &[(&str, &str)]) -> CdcProcess {
+        let log = tempfile::Builder::new()
+            .prefix("realtime-cdc-")
+            .suffix(".log")
+            .tempfile()
+            .expect("create a CDC log file")
+            .into_temp_path()
+            .keep()
+            .expect("keep the CDC log file");
+        let http_port = free_port();
+        let wire_port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("NATS_URL".into(), nats.url.clone()),
+            ("REALTIME_SLOT".into(), db.slot.clone()),
+            ("REALTIME_CDC_HOST".into(), "127.0.0.1".into()),
+            ("REALTIME_CDC_PORT".into(), wire_port.to_string()),
+            ("REALTIME_CDC_HTTP_PORT".into(), http_port.to_string()),
+            ("LOG_LEVEL".into(), "info,nself_realtime_cdc=debug".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut process = CdcProcess {
+            child: None,
+            http_port,
+            wire_port,
+            log,
+            env,
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open the CDC log");
+        let child = Command::new(binary())
+            .arg("cdc")
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start nself-realtime cdc");
+        self.child = Some(child);
+    }
+
+    /// Starts the process again with the same settings (after [`CdcProcess::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("process running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("wait for the CDC")
+    }
+
+    /// The process' log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /health`: the HTTP status and the JSON body, or `None` while nothing answers.
+    pub async fn health(&self) -> Option<(u16, serde_json::Value)> {
+        http_get_json(self.http_port, "/health").await
+    }
+
+    /// Waits until `/health` reports `role`; returns how long that took. Panics after `limit`
+    /// with the process log.
+    pub async fn wait_for_role(&self, role: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if let Some((_, body)) = self.health().await {
+                if body["role"] == role {
+                    return start.elapsed();
+                }
+            }
+            if let Some(child) = &self.child {
+                // A CDC that exited will never get there.
+                let id = child.id();
+                if !std::path::Path::new(&format!("/proc/{id}")).exists() {
+                    panic!("the CDC exited; log:\n{}", self.log());
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the CDC was not {role} within {limit:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for CdcProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("CDC log kept at {}", self.log.display());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET of a JSON document on 127.0.0.1.
+pub async fn http_get_json(port: u16, path: &str) -> Option<(u16, serde_json::Value)> {
+    let (status, body) = http_get(port, path).await?;
+    Some((status, serde_json::from_str(&body).ok()?))
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1: the status code and the body as text.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Reads the `REALTIME_DB` stream from its first message until it holds `expected` events, or
+/// panics after `limit` saying how many arrived. Returns them in stream order.
+pub async fn read_change_stream(
+    nats: &async_nats::Client,
+    expected: usize,
+    limit: Duration,
+) -> Vec<ChangeEvent> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let deadline = Instant::now() + limit;
+    let stream = loop {
+        match js.get_stream("REALTIME_DB").await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "stream REALTIME_DB never appeared: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("create an ordered consumer");
+    let mut messages = consumer.messages().await.expect("consume REALTIME_DB");
+    let mut events = Vec::with_capacity(expected);
+    while events.len() < expected {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, messages.next()).await {
+            Ok(Some(Ok(message))) => {
+                let event: ChangeEvent = serde_json::from_slice(&message.payload)
+                    .unwrap_or_else(|e| panic!("a stream message is not a change event: {e}"));
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_string());
+                assert_eq!(
+                    id,
+                    Some(event.id.to_string()),
+                    "Nats-Msg-Id is the event id"
+                );
+                events.push(event);
+            }
+            Ok(Some(Err(e))) => panic!("reading REALTIME_DB failed: {e}"),
+            Ok(None) => panic!("the REALTIME_DB consumer ended"),
+            Err(_) => panic!(
+                "only {} of {expected} events reached JetStream within {limit:?}",
+                events.len()
+            ),
+        }
+    }
+    events
+}
+
+/// How many messages the `REALTIME_DB` stream holds now.
+pub async fn stream_message_count(nats: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    match js.get_stream("REALTIME_DB").await {
+        Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
