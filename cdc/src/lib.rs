@@ -15,5 +15,6 @@ pub mod publications;
 pub mod publisher;
 pub mod replication;
 pub mod service;
+pub mod sql;
 pub mod subscriptions;
 pub mod wire;

@@ -9,6 +9,7 @@
 
 use crate::health::{CdcMetrics, Role};
 use crate::postgres_error::describe;
+use crate::sql::quote_ident;
 use futures::StreamExt;
 use nself_realtime_shared::subject;
 use std::sync::Arc;
@@ -24,11 +25,6 @@ pub fn body(payload: &str) -> bytes::Bytes {
             .expect("a string always serializes")
             .into(),
     }
-}
-
-/// `"name"` with embedded quotes doubled: a safe SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Runs the bridge whenever `role` is [`Role::Leader`], until `role`'s sender is dropped.
@@ -134,11 +130,5 @@ mod tests {
         assert_eq!(&body("hello")[..], br#""hello""#);
         assert_eq!(&body("")[..], br#""""#);
         assert_eq!(&body("say \"hi\"")[..], br#""say \"hi\"""#);
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("orders"), "\"orders\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -43,6 +43,9 @@ pub struct Session {
     pub max_in_flight: usize,
     pub metrics: Arc<CdcMetrics>,
     pub health: Arc<HealthState>,
+    /// The stream sequence JetStream reported when it last refused an event; the next session
+    /// counts from it instead of from the stream's last message.
+    pub server_sequence: std::sync::Mutex<Option<u64>>,
 }
 
 /// Why a session ended.
@@ -61,6 +64,8 @@ pub enum SessionError {
     Postgres(String),
     #[error("the server ended the replication stream")]
     StreamEnded,
+    #[error("the NATS connection dropped with events unacknowledged")]
+    NatsDisconnected,
 }
 
 fn postgres(e: tokio_postgres::Error) -> SessionError {
@@ -99,7 +104,7 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
 
     let js = publisher::context(s.nats.clone(), s.max_in_flight, ACK_TIMEOUT);
     publisher::ensure_stream(&js, &s.stream).await?;
-    let skip_through = publisher::last_published(&js).await?;
+    let stream_end = publisher::last_published(&js).await?;
 
     let catalog = plain_connection(&s.database).await?;
     let slot_lsn: Option<String> = catalog
@@ -123,13 +128,20 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     s.metrics.sessions.inc();
     s.metrics.leader.set(1);
     s.health.set_role(Role::Leader);
-    tracing::info!(slot = %s.slot, from = %confirmed, skip_through = ?skip_through.map(|id| id.to_string()), "streaming");
+    tracing::info!(slot = %s.slot, from = %confirmed, stream_last_sequence = stream_end.last_sequence, skip_through = ?stream_end.last_id.map(|id| id.to_string()), "streaming");
 
+    let expected_last_sequence = s
+        .server_sequence
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap_or(stream_end.last_sequence);
     let mut publisher = Publisher::new(
         js,
         s.nats.server_info().max_payload,
         s.max_in_flight,
-        skip_through,
+        stream_end,
+        expected_last_sequence,
         s.metrics.clone(),
     );
     let mut builder = EventBuilder::new();
@@ -143,8 +155,14 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
             biased;
             _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
             acked = publisher.next_confirmed(), if publisher.in_flight() > 0 => {
-                if let Some(lsn) = acked? {
-                    confirmed = confirmed.max(lsn);
+                match acked {
+                    Ok(Some(lsn)) => confirmed = confirmed.max(lsn),
+                    Ok(None) => {}
+                    Err(PublishError::OutOfStep(sequence)) => {
+                        *s.server_sequence.lock().unwrap() = Some(sequence);
+                        return Err(PublishError::OutOfStep(sequence).into());
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             message = stream.next(), if !publisher.is_full() => {
@@ -187,6 +205,14 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
                 }
             }
             _ = status_timer.tick() => {
+                // Events sent over a connection that dropped may be lost; JetStream would refuse
+                // their successors anyway (expected sequence), so start over without waiting
+                // for the acknowledgement timeout.
+                if publisher.in_flight() > 0
+                    && s.nats.connection_state() != async_nats::connection::State::Connected
+                {
+                    return Err(SessionError::NatsDisconnected);
+                }
                 if confirmed != reported || last_status.elapsed() >= IDLE_STATUS_INTERVAL {
                     stream.send_status(confirmed, confirmed, confirmed, false).await?;
                     if confirmed != reported {

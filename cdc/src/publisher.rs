@@ -6,12 +6,19 @@
 //! JetStream has acknowledged every event of its transaction and of all earlier ones
 //! ([`Publisher::next_confirmed`]). Nothing is confirmed before it is stored.
 //!
-//! Exactly once: every event carries `Nats-Msg-Id` = its deterministic id, so JetStream drops a
-//! re-publication within its duplicate window; beyond that, a publisher created after a restart
-//! skips every id up to the last one already in the stream ([`last_published`]). Events are
-//! published in commit order on one connection, so the stored events are always a prefix of
-//! what was sent; after any publish error the caller drops the publisher and resumes from the
-//! slot, and the prefix rule plus the skip make the retry exact.
+//! Exactly once, in order:
+//!
+//! * every event carries `Nats-Msg-Id` = its deterministic id, so JetStream drops a
+//!   re-publication within its duplicate window;
+//! * a publisher created after a restart skips every id up to the last one already in the
+//!   stream ([`last_published`]), so exactness does not depend on that window;
+//! * every event also carries `Nats-Expected-Last-Sequence` = the stream sequence the event
+//!   before it got (or the stream's last sequence for the first one), so JetStream refuses any
+//!   event whose predecessor is missing. The stream therefore never has a gap: what it holds
+//!   is always a prefix of what was sent, in order — even when the client reconnects and
+//!   re-sends buffered messages after others were lost with the old socket. That is what makes
+//!   "skip up to the last stored id" safe. After any refusal or publish error the caller drops
+//!   the publisher and resumes from the slot's confirmed LSN.
 
 use crate::health::CdcMetrics;
 use async_nats::jetstream::context::{Context, PublishAckFuture};
@@ -41,6 +48,11 @@ pub enum PublishError {
     Publish(String),
     #[error("JetStream did not acknowledge an event: {0}")]
     Ack(String),
+    /// JetStream refused an event because the stream does not end where the publisher expected:
+    /// an earlier event was lost on the way, or the server's count moved (see
+    /// [`Publisher::new`]). Carries the server's last sequence, where the next session starts.
+    #[error("JetStream refused an event: the stream's last sequence is {0}, not the one expected; resuming from the slot")]
+    OutOfStep(u64),
     #[error("event {0} has a name that cannot become a NATS subject: {1}")]
     Subject(EventId, subject::SubjectError),
 }
@@ -79,33 +91,45 @@ pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<()
         .map_err(|e| PublishError::Stream(e.to_string()))
 }
 
-/// The id of the newest event stored in the stream, if it still holds one.
-pub async fn last_published(js: &Context) -> Result<Option<EventId>, PublishError> {
+/// Where the stream ends: its last sequence and the id of the event stored there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// The stream's last sequence (0 for a new stream); it stays when messages expire.
+    pub last_sequence: u64,
+    /// The id of the newest event, if the stream still holds it.
+    pub last_id: Option<EventId>,
+}
+
+/// Reads where the stream ends.
+pub async fn last_published(js: &Context) -> Result<StreamEnd, PublishError> {
     let err = |e: &dyn std::fmt::Display| PublishError::LastEvent(e.to_string());
     let mut stream = js.get_stream(DB_STREAM).await.map_err(|e| err(&e))?;
-    let last = stream
+    let last_sequence = stream
         .info()
         .await
         .map_err(|e| err(&e))?
         .state
         .last_sequence;
-    if last == 0 {
-        return Ok(None);
+    if last_sequence == 0 {
+        return Ok(StreamEnd::default());
     }
-    let message = match stream.get_raw_message(last).await {
-        Ok(message) => message,
+    let last_id = match stream.get_raw_message(last_sequence).await {
+        Ok(message) => message
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .and_then(|id| id.as_str().parse().ok()),
         // Expired or deleted: nothing left to deduplicate against.
         Err(e)
             if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
         {
-            return Ok(None)
+            None
         }
         Err(e) => return Err(err(&e)),
     };
-    Ok(message
-        .headers
-        .get(async_nats::header::NATS_MESSAGE_ID)
-        .and_then(|id| id.as_str().parse().ok()))
+    Ok(StreamEnd {
+        last_sequence,
+        last_id,
+    })
 }
 
 /// Builds a JetStream context whose own in-flight limit sits above ours, so that our window,
@@ -131,15 +155,24 @@ pub struct Publisher {
     commits: VecDeque<(u64, Lsn)>,
     /// Ids up to this one are already stored and are skipped.
     skip_through: Option<EventId>,
+    /// The stream's last sequence as JetStream will see it when the next event arrives: the
+    /// next event carries it as `Nats-Expected-Last-Sequence`.
+    expected_last_sequence: u64,
     metrics: Arc<CdcMetrics>,
 }
 
 impl Publisher {
+    /// `stream_end` says what the stream holds. `expected_last_sequence` is where the server
+    /// counts from, normally `stream_end.last_sequence`; after a refusal it is the sequence the
+    /// server reported, because a nats-server that crashed can restart counting from a
+    /// sequence its store does not reach (it then stores the next event right after its last
+    /// message, so the stream stays gap-free).
     pub fn new(
         js: Context,
         max_payload: usize,
         max_in_flight: usize,
-        skip_through: Option<EventId>,
+        stream_end: StreamEnd,
+        expected_last_sequence: u64,
         metrics: Arc<CdcMetrics>,
     ) -> Publisher {
         Publisher {
@@ -150,7 +183,8 @@ impl Publisher {
             sent: 0,
             acked: 0,
             commits: VecDeque::new(),
-            skip_through,
+            skip_through: stream_end.last_id,
+            expected_last_sequence,
             metrics,
         }
     }
@@ -185,13 +219,19 @@ impl Publisher {
             async_nats::header::NATS_MESSAGE_ID,
             event.id.to_string().as_str(),
         );
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            self.expected_last_sequence.to_string().as_str(),
+        );
         let bytes = payload.len();
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| PublishError::Publish(e.to_string()))?;
+        tracing::trace!(id = %event.id, expected_last_sequence = self.expected_last_sequence, "published");
         self.acks.push_back(ack.into_future());
+        self.expected_last_sequence += 1;
         self.sent += 1;
         self.metrics.events_published.inc();
         self.metrics.bytes_published.inc_by(bytes as u64);
@@ -261,7 +301,14 @@ impl Publisher {
             None => std::future::pending().await,
             Some(Err(e)) => {
                 self.metrics.publish_errors.inc();
-                Err(PublishError::Ack(e.to_string()))
+                let server_last = (e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence)
+                    .then(|| server_last_sequence(&e.to_string()))
+                    .flatten();
+                Err(match server_last {
+                    Some(sequence) => PublishError::OutOfStep(sequence),
+                    None => PublishError::Ack(e.to_string()),
+                })
             }
             Some(Ok(ack)) => {
                 if ack.duplicate {
@@ -272,5 +319,26 @@ impl Publisher {
                 Ok(self.take_confirmable())
             }
         }
+    }
+}
+
+/// The sequence in JetStream's refusal `wrong last sequence: 1136`.
+fn server_last_sequence(error: &str) -> Option<u64> {
+    let (_, rest) = error.split_once("wrong last sequence: ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_server_sequence() {
+        assert_eq!(
+            server_last_sequence("wrong last sequence: 1136 (code 400, error code 10071)"),
+            Some(1136)
+        );
+        assert_eq!(server_last_sequence("timed out"), None);
     }
 }

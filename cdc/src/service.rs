@@ -86,7 +86,7 @@ async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
     if !can_replicate {
         return Err(StartError::Config(format!(
             "role {user} may not use replication; run ALTER ROLE {} REPLICATION as a superuser",
-            notify::quote_ident(&user)
+            crate::sql::quote_ident(&user)
         )));
     }
     let initialised: bool = client
@@ -192,6 +192,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         max_in_flight: config.max_in_flight,
         metrics: metrics.clone(),
         health: health.clone(),
+        server_sequence: std::sync::Mutex::new(None),
     };
     replicate(&session, shutdown).await;
 

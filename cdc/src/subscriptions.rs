@@ -20,6 +20,7 @@
 
 use crate::postgres_error;
 use crate::publications;
+use crate::sql::quote_ident;
 use nself_realtime_shared::subject::Operation;
 use std::borrow::Cow;
 use std::fmt;
@@ -243,11 +244,6 @@ fn is_unquoted_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c == '_' || c.is_alphabetic());
     first_ok && chars.all(|c| c == '_' || c == '$' || c.is_alphanumeric())
-}
-
-/// Quotes an identifier for SQL, doubling embedded quotes: `odd"name` → `"odd""name"`.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// An identifier as people write it: bare when that reads back unchanged, quoted otherwise.

@@ -23,7 +23,7 @@ mod process;
 
 pub use cdc::{
     binary, http_get, http_get_json, init, read_change_stream, run_cli, stream_message_count,
-    CdcProcess,
+    try_read_change_stream, CdcProcess,
 };
 pub use nats::{Nats, NatsAccount};
 pub use postgres::{connect as connect_url, Postgres, TestDb};

@@ -91,16 +91,18 @@ impl Nats {
 
     /// Starts the (stopped) server again on the same port and store.
     pub fn start_again(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("nats.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         let mut child = Command::new(nats_binary())
             .arg("-c")
             .arg(self.root.join("nats.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(self.root.join("nats.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
+            .stderr(log)
             .spawn()
             .expect(
                 "start nats-server: install it (scripts/test does: apt-get install -y nats-server)",
@@ -118,14 +120,30 @@ impl Nats {
         }
     }
 
-    /// Kill and start again.
+    /// Stops the server the way an operator does (SIGTERM): it closes client connections and
+    /// flushes its store before exiting.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stop (SIGTERM) and start again.
     pub fn restart(&self) {
-        self.kill();
+        self.stop();
         self.start_again();
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("nats.log")).unwrap_or_default()
     }
 
     /// An account nobody else in this process uses.

@@ -63,7 +63,34 @@ async fn wait_for_stream_count(nats: &async_nats::Client, count: u64) {
 
 /// Every insert of `n = 1..=total` exactly once, in commit order, and nothing else.
 async fn assert_exactly_once_in_order(nats: &async_nats::Client, total: usize) {
-    let events = read_change_stream(nats, total, STREAM_LIMIT).await;
+    let events = realtime_tests::try_read_change_stream(nats, total, STREAM_LIMIT).await;
+    if events.len() != total {
+        let seen: std::collections::BTreeSet<i64> = events
+            .iter()
+            .filter_map(|e| e.record.as_ref()?["n"].as_i64())
+            .collect();
+        let missing: Vec<i64> = (1..=total as i64).filter(|n| !seen.contains(n)).collect();
+        let js = async_nats::jetstream::new(nats.clone());
+        let state = js
+            .get_stream("REALTIME_DB")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .clone();
+        let around: Vec<String> = events
+            .iter()
+            .skip_while(|e| e.record.as_ref().unwrap()["n"].as_i64().unwrap() < missing[0] - 3)
+            .take(6)
+            .map(|e| format!("{}:{}", e.id, e.record.as_ref().unwrap()["n"]))
+            .collect();
+        panic!(
+            "{} of {total} rows reached JetStream; missing n = {missing:?}; stream {state:?}; around the gap: {around:?}",
+            events.len()
+        );
+    }
     for (i, event) in events.iter().enumerate() {
         assert_eq!(event.operation, EventType::Insert);
         let n = event.record.as_ref().unwrap()["n"].as_i64().unwrap();
@@ -256,7 +283,7 @@ async fn nats_outage_degrades_health_then_resumes_losing_nothing() {
         let nats = account.connect().await;
         wait_for_stream_count(&nats, 500).await;
     }
-    nats_server.kill();
+    nats_server.stop();
     // Rows keep being committed while NATS is gone; the CDC reports it and holds the slot.
     let deadline = std::time::Instant::now() + LEADER_LIMIT;
     loop {
@@ -305,8 +332,8 @@ async fn nats_outage_degrades_health_then_resumes_losing_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nats_restart_while_streaming_loses_nothing() {
+/// Restarts NATS in the middle of a load: with `crash`, with SIGKILL, else with SIGTERM.
+async fn nats_restart_during_load(crash: bool) {
     let nats_server = Nats::start();
     let (db, client) = items_database(Postgres::shared()).await;
     let account = nats_server.fresh_account();
@@ -321,8 +348,23 @@ async fn nats_restart_while_streaming_loses_nothing() {
         let nats = account.connect().await;
         wait_for_stream_count(&nats, 1_000).await;
     }
-    nats_server.restart();
+    if crash {
+        nats_server.kill();
+        nats_server.start_again();
+    } else {
+        nats_server.restart();
+    }
     let _client = loader.await.unwrap();
     let nats = account.connect().await;
     assert_exactly_once_in_order(&nats, 6_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_restart_while_streaming_loses_nothing() {
+    nats_restart_during_load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_crash_while_streaming_loses_nothing() {
+    nats_restart_during_load(true).await;
 }

@@ -8,21 +8,11 @@
 //! startup parameter as `-c name=value` with spaces and backslashes escaped.
 
 use super::error::ReplicationError;
+use crate::sql::{quote_ident as quote_identifier, quote_literal};
 use nself_realtime_shared::lsn::Lsn;
 
 /// Longest name Postgres keeps without truncating (NAMEDATALEN - 1).
 const MAX_NAME_LEN: usize = 63;
-
-/// `"name"`, with embedded double quotes doubled.
-pub(crate) fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'`, with embedded single quotes doubled (the replication grammar's string literal has
-/// no backslash escapes).
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
 
 /// Refuses anything but a valid replication slot name.
 pub(crate) fn validate_slot_name(slot: &str) -> Result<(), ReplicationError> {

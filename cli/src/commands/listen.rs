@@ -18,7 +18,7 @@ use super::cdc_client::Endpoint;
 use super::subscriptions::parse_table;
 use crate::exit::CliError;
 use anyhow::anyhow;
-use nself_realtime_cdc::subscriptions::quote_ident;
+use nself_realtime_cdc::sql::quote_ident;
 use serde_json::Value;
 use std::io::Write;
 use std::time::Duration;
