@@ -6,17 +6,17 @@
 //!    created beforehand so both readers see the same WAL.
 //! 2. Ceiling: `pg_recvlogical` (pgoutput, same publications, output to /dev/null) reads the
 //!    load to its end LSN; rows/s = rows / its run time.
-//! 3. CDC: the real CDC service (in this process) reads the same load; rows/s is measured from
-//!    the first to the last event stored in JetStream (and, separately, including start-up).
+//! 3. CDC: the real `nself-realtime cdc` process (release build) reads the same load; rows/s is
+//!    measured from the first to the last event stored in JetStream (and, separately,
+//!    including start-up).
 //! 4. Latency: `--rate` single-row transactions per second for `--seconds`; for each event read
 //!    back from JetStream, latency = arrival time − the event's commit_timestamp.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use nself_realtime_cdc::service::{self, CdcConfig};
 use nself_realtime_cdc::{migrations, publications};
 use nself_realtime_shared::event::ChangeEvent;
-use realtime_tests::{free_port, Nats, Postgres};
+use realtime_tests::{CdcProcess, Nats, Postgres};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -112,23 +112,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // The CDC reads the same load.
     let nats = account.connect().await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = CdcConfig {
-        database: db.url.parse()?,
-        nats_url: account.url.clone(),
-        slot: "bench_cdc".into(),
-        publication: "nself_realtime".into(),
-        message_ttl: Duration::from_secs(3600),
-        notify_channels: vec![],
-        wire_addr: ([127, 0, 0, 1], free_port()).into(),
-        wire_password: None,
-        http_addr: ([127, 0, 0, 1], free_port()).into(),
-        max_in_flight: 8192,
-    };
+    // The real binary, as deployed (target/release/nself-realtime beside this one).
     let started = Instant::now();
-    let cdc = tokio::spawn(service::run(config, async {
-        let _ = stop_rx.await;
-    }));
+    let mut cdc = CdcProcess::start(
+        &db,
+        &account,
+        &[("REALTIME_SLOT", "bench_cdc"), ("LOG_LEVEL", "warn")],
+    );
     let mut first: Option<(Instant, u64)> = None;
     let done = loop {
         let count = realtime_tests::stream_message_count(&nats).await;
@@ -178,9 +168,64 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&latencies, 100.0)
     );
 
-    let _ = stop_tx.send(());
-    cdc.await??;
+    // Last, so that its disk writes do not disturb the figures above.
+    let nats_rate = jetstream_ceiling(&nats, args.rows).await?;
+    println!(
+        "\nJetStream alone (same payload size and headers, no Postgres, no CDC): {nats_rate:.0} events/s"
+    );
+
+    let status = cdc.terminate();
+    if !status.success() {
+        bail!("the CDC exited with {status}: {}", cdc.log());
+    }
     Ok(())
+}
+
+/// NATS' own ceiling on this machine: `count` events of the size the CDC just published, with
+/// the same headers, into a scratch stream with the same settings, through the same window.
+async fn jetstream_ceiling(nats: &async_nats::Client, count: u64) -> anyhow::Result<f64> {
+    use async_nats::jetstream::stream::Config;
+    use futures::stream::FuturesOrdered;
+    use std::future::IntoFuture;
+    let js = nself_realtime_cdc::publisher::context(nats.clone(), 8192, Duration::from_secs(10));
+    let source = js.get_stream("REALTIME_DB").await?;
+    let sample = source.get_raw_message(1).await?.payload;
+    js.create_stream(Config {
+        name: "BENCH_CEILING".into(),
+        subjects: vec!["bench.ceiling".into()],
+        duplicate_window: nself_realtime_shared::config::DB_STREAM_DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await?;
+    let mut acks = FuturesOrdered::new();
+    let started = Instant::now();
+    for i in 0..count {
+        if acks.len() >= 8192 {
+            let ack: Result<_, _> = futures::StreamExt::next(&mut acks)
+                .await
+                .expect("in flight");
+            ack?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{i:016X}-00000000").as_str(),
+        );
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            i.to_string().as_str(),
+        );
+        let ack = js
+            .publish_with_headers("bench.ceiling", headers, sample.clone())
+            .await?;
+        acks.push_back(ack.into_future());
+    }
+    while let Some(ack) = futures::StreamExt::next(&mut acks).await {
+        ack?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream("BENCH_CEILING").await?;
+    Ok(rate)
 }
 
 /// `rows` INSERTs, `tx_size` per transaction, pipelined on one connection.

@@ -36,6 +36,8 @@ pub struct CdcConfig {
     pub wire_password: Option<String>,
     pub http_addr: SocketAddr,
     pub max_in_flight: usize,
+    /// Copies of the `REALTIME_DB` stream in a NATS cluster (`REALTIME_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
 }
 
 /// Why the service could not start or stopped.
@@ -130,7 +132,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         .map_err(|e| StartError::Config(e.to_string()))?;
     let settings = StreamSettings {
         message_ttl: config.message_ttl,
-        replicas: 1,
+        replicas: config.stream_replicas,
     };
     let js = async_nats::jetstream::new(nats.clone());
     publisher::ensure_stream(&js, &settings)

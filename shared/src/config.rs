@@ -19,8 +19,10 @@ pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 86_400;
 /// Name of the JetStream stream holding table changes.
 pub const DB_STREAM: &str = "REALTIME_DB";
 /// JetStream's duplicate window for the change stream: how long a re-published event id is
-/// recognised and dropped by the server (the CDC also skips ids it finds already stored).
-pub const DB_STREAM_DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
+/// recognised and dropped by the server (the CDC also skips ids it finds already stored, so
+/// exactness does not depend on it). The server keeps every id of the window in memory —
+/// rate × window entries — so it is no longer than the two minutes the design asks for.
+pub const DB_STREAM_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// A config value that could not be parsed; the message names the variable and the fix.
 #[derive(Debug, thiserror::Error)]

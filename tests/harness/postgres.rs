@@ -115,7 +115,10 @@ impl Postgres {
             );
         }
         cleanup_on_exit(&format!(
-            "{pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {root}",
+            // pg_ctl first; if it cannot, the postmaster's pid (first line of postmaster.pid).
+            "pid=$(head -n 1 {data}/postmaster.pid 2>/dev/null); \
+             {pg_ctl} stop -D {data} -m immediate >/dev/null 2>&1 || \
+             {{ [ -n \"$pid\" ] && kill -9 $pid; }}; rm -rf {root}",
             pg_ctl = if running_as_root() {
                 format!("runuser -u postgres -- {}", bin.join("pg_ctl").display())
             } else {

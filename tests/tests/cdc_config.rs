@@ -130,6 +130,7 @@ async fn bad_values_exit_2() {
         ("REALTIME_PUBLICATION", "x;drop", "REALTIME_PUBLICATION"),
         ("REALTIME_MESSAGE_TTL", "soon", "REALTIME_MESSAGE_TTL"),
         ("REALTIME_CDC_HOST", "0.0.0.0", "REALTIME_CDC_PASSWORD"),
+        ("REALTIME_STREAM_REPLICAS", "7", "REALTIME_STREAM_REPLICAS"),
     ] {
         let mut env = base.to_vec();
         env.push((var, value));

@@ -42,6 +42,9 @@ pub struct Args {
     /// Most events published to JetStream and not yet acknowledged.
     #[arg(long, env = "REALTIME_CDC_MAX_IN_FLIGHT", default_value_t = 8192)]
     max_in_flight: usize,
+    /// Copies of the REALTIME_DB stream in a NATS cluster (1 to 5; 3 survives a node loss).
+    #[arg(long, env = "REALTIME_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
 }
 
 impl Args {
@@ -54,6 +57,12 @@ impl Args {
             return Err(CliError::usage(anyhow!(
                 "REALTIME_CDC_HOST={} is not loopback, so set REALTIME_CDC_PASSWORD for the Postgres-wire endpoint",
                 self.cdc_host
+            )));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(CliError::usage(anyhow!(
+                "REALTIME_STREAM_REPLICAS={} is out of range; use 1 to 5 (3 for a 3-node NATS cluster)",
+                self.stream_replicas
             )));
         }
         if self.max_in_flight == 0 {
@@ -73,6 +82,7 @@ impl Args {
             wire_password: self.cdc_password,
             http_addr: SocketAddr::new(self.cdc_host, self.cdc_http_port),
             max_in_flight: self.max_in_flight,
+            stream_replicas: self.stream_replicas,
         })
     }
 }
