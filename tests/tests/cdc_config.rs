@@ -19,6 +19,16 @@ fn cdc_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// Runs `cdc` against `database_url` with slot `slot` and a fresh NATS account.
+fn cdc_against(database_url: &str, slot: &str) -> (Option<i32>, String) {
+    let nats = Nats::shared().fresh_account();
+    cdc_with(&[
+        ("DATABASE_URL", database_url),
+        ("NATS_URL", &nats.url),
+        ("REALTIME_SLOT", slot),
+    ])
+}
+
 fn assert_fix(result: (Option<i32>, String), needle: &str) {
     let (code, stderr) = result;
     assert_eq!(code, Some(2), "stderr: {stderr}");
@@ -59,15 +69,7 @@ async fn unreachable_nats_exits_2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_schema_says_run_init() {
     let db = Postgres::shared().fresh_database().await;
-    let nats = Nats::shared().fresh_account();
-    assert_fix(
-        cdc_with(&[
-            ("DATABASE_URL", &db.url),
-            ("NATS_URL", &nats.url),
-            ("REALTIME_SLOT", &db.slot),
-        ]),
-        "nself-realtime init",
-    );
+    assert_fix(cdc_against(&db.url, &db.slot), "nself-realtime init");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,15 +86,7 @@ async fn role_without_replication_exits_2() {
         .await
         .unwrap();
     let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
-    let nats = Nats::shared().fresh_account();
-    assert_fix(
-        cdc_with(&[
-            ("DATABASE_URL", &url),
-            ("NATS_URL", &nats.url),
-            ("REALTIME_SLOT", &db.slot),
-        ]),
-        "REPLICATION",
-    );
+    assert_fix(cdc_against(&url, &db.slot), "REPLICATION");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,15 +100,7 @@ async fn wal_level_not_logical_exits_2() {
         .await
         .unwrap();
     pg.restart();
-    let nats = Nats::shared().fresh_account();
-    assert_fix(
-        cdc_with(&[
-            ("DATABASE_URL", &db.url),
-            ("NATS_URL", &nats.url),
-            ("REALTIME_SLOT", &db.slot),
-        ]),
-        "wal_level",
-    );
+    assert_fix(cdc_against(&db.url, &db.slot), "wal_level");
 }
 
 #[tokio::test(flavor = "multi_thread")]
