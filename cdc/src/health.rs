@@ -167,7 +167,12 @@ impl HealthState {
         }
     }
 
+    /// Records the role. Reaching leader or standby means the last failure is over (a leader
+    /// streams; a standby reached Postgres and NATS), so its error no longer degrades health.
     pub fn set_role(&self, role: Role) {
+        if role != Role::Starting {
+            self.status.lock().unwrap().last_error = None;
+        }
         self.role.send_replace(role);
     }
 
