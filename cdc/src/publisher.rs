@@ -22,12 +22,11 @@
 
 use crate::health::CdcMetrics;
 use async_nats::jetstream::context::{Context, PublishAckFuture};
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use nself_realtime_shared::config::{DB_STREAM, DB_STREAM_DUPLICATE_WINDOW};
+use nself_realtime_shared::config::DB_STREAM;
 use nself_realtime_shared::event::{ChangeEvent, EventId};
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::subject;
@@ -57,37 +56,13 @@ pub enum PublishError {
     Subject(EventId, subject::SubjectError),
 }
 
-/// Settings of the `REALTIME_DB` stream.
-#[derive(Debug, Clone)]
-pub struct StreamSettings {
-    /// How long events are kept (`REALTIME_MESSAGE_TTL`): the replay window.
-    pub message_ttl: Duration,
-    /// Copies kept in a NATS cluster.
-    pub replicas: usize,
-}
+pub use nself_realtime_shared::bus::StreamSettings;
 
-fn stream_config(settings: &StreamSettings) -> Config {
-    Config {
-        name: DB_STREAM.to_string(),
-        description: Some(
-            "nself-realtime table changes, one event per row, in commit order".into(),
-        ),
-        subjects: vec![format!("{}.>", subject::DB_PREFIX)],
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        storage: StorageType::File,
-        max_age: settings.message_ttl,
-        duplicate_window: DB_STREAM_DUPLICATE_WINDOW,
-        num_replicas: settings.replicas,
-        ..Default::default()
-    }
-}
-
-/// Creates the stream, or updates its retention and duplicate window to the configured ones.
+/// Creates the stream, or updates its retention and duplicate window to the configured ones
+/// (the definition is shared with the gateways that read it).
 pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<(), PublishError> {
-    js.create_or_update_stream(stream_config(settings))
+    nself_realtime_shared::bus::ensure_stream(js, settings)
         .await
-        .map(|_| ())
         .map_err(|e| PublishError::Stream(e.to_string()))
 }
 

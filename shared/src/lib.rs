@@ -4,6 +4,7 @@
 //! The CDC produces [`event::ChangeEvent`]s on the subjects of [`subject`]; gateways and the CLI
 //! consume them. Keeping both sides on this one crate keeps the wire contract in one place.
 
+pub mod bus;
 pub mod config;
 pub mod event;
 pub mod lsn;

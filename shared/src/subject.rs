@@ -45,6 +45,13 @@ pub fn escape_token(name: &str) -> Result<String, SubjectError> {
     Ok(out)
 }
 
+/// Escapes one name into a NATS KV key token: the same rule as [`escape_token`] with `=` as the
+/// escape character, because KV keys allow only `A-Z a-z 0-9 - _ = / .` (so `~` is not
+/// available; `=` itself is escaped, `=3D`, keeping the escape reversible).
+pub fn kv_token(name: &str) -> Result<String, SubjectError> {
+    Ok(escape_token(name)?.replace('~', "="))
+}
+
 /// Reverses [`escape_token`].
 pub fn unescape_token(token: &str) -> Result<String, SubjectError> {
     let bad = || SubjectError::BadEscape(token.to_string());
@@ -133,6 +140,26 @@ pub fn schema_changes(schema: &str) -> Result<String, SubjectError> {
     Ok(format!("{DB_PREFIX}.{}.*.*", escape_token(schema)?))
 }
 
+/// `realtime.broadcast.<topic>`: broadcasts of one channel topic.
+pub fn broadcast(topic: &str) -> Result<String, SubjectError> {
+    Ok(format!("{BROADCAST_PREFIX}.{}", escape_token(topic)?))
+}
+
+/// Whether `subject` is matched by the subscription `pattern` (NATS rules: `*` matches exactly
+/// one token, a final `>` one or more).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// `realtime.notify.<channel>`: one NOTIFY channel.
 pub fn notify(channel: &str) -> Result<String, SubjectError> {
     Ok(format!("{NOTIFY_PREFIX}.{}", escape_token(channel)?))
@@ -187,6 +214,28 @@ mod tests {
         for token in ["~", "~2", "~zz", "~FF"] {
             assert!(unescape_token(token).is_err(), "{token:?}");
         }
+    }
+
+    #[test]
+    fn kv_tokens_use_only_kv_key_characters() {
+        assert_eq!(kv_token("room:1.a=b").unwrap(), "room=3A1=2Ea=3Db");
+        assert_eq!(kv_token("lobby").unwrap(), "lobby");
+    }
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(subject_matches("a.b.c", "a.b.c"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(subject_matches("a.b.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches(
+            "realtime.db.public.users.*",
+            "realtime.db.public.users.insert"
+        ));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Authentication and authorization: JWT claims into Postgres sessions, and channel access.

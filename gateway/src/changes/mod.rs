@@ -1,0 +1,1 @@
+//! postgres_changes: bindings, filters, the table feeds from the change log, and RLS checks.

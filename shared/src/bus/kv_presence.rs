@@ -1,0 +1,133 @@
+//! [`PresenceStore`] on the NATS KV bucket `realtime_presence`, shared by every gateway.
+//!
+//! Writes go through the KV API. Watches read the bucket's stream with an ordered push consumer
+//! (last value per key, then live) so that the watcher learns when the snapshot is complete:
+//! the consumer reports how many entries were pending when it was created, and each delivery
+//! how many are still pending.
+
+use super::{BusError, PresenceChange, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
+use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::kv::{Config, Store};
+use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// The header the KV API sets on deletes and purges.
+const KV_OPERATION: &str = "KV-Operation";
+
+/// Presence in NATS KV.
+#[derive(Clone)]
+pub struct KvPresence {
+    js: Context,
+    store: Store,
+}
+
+impl KvPresence {
+    /// Opens the bucket, creating it when missing. `max_age` only bounds garbage: entries a dead
+    /// gateway left behind disappear from the bucket after it (watchers stop counting them
+    /// long before, see [`super::presence`]).
+    pub async fn open(
+        js: Context,
+        max_age: Duration,
+        replicas: usize,
+    ) -> Result<KvPresence, BusError> {
+        let store = match js.get_key_value(PRESENCE_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(Config {
+                    bucket: PRESENCE_BUCKET.to_string(),
+                    description: "nself-realtime presence: <topic>.<member> -> member JSON".into(),
+                    history: 1,
+                    max_age,
+                    storage: StorageType::Memory,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    BusError::Presence(format!("cannot create KV bucket {PRESENCE_BUCKET}: {e}"))
+                })?,
+        };
+        Ok(KvPresence { js, store })
+    }
+}
+
+#[async_trait]
+impl PresenceStore for KvPresence {
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), BusError> {
+        self.store
+            .put(key, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Presence(format!("put {key}: {e}")))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BusError> {
+        self.store
+            .delete(key)
+            .await
+            .map_err(|e| BusError::Presence(format!("delete {key}: {e}")))
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<PresenceWatch, BusError> {
+        let subject_prefix = format!("$KV.{PRESENCE_BUCKET}.");
+        let stream = self
+            .js
+            .get_stream(format!("KV_{PRESENCE_BUCKET}"))
+            .await
+            .map_err(|e| BusError::Presence(format!("bucket {PRESENCE_BUCKET}: {e}")))?;
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                description: Some("nself-realtime presence watch".into()),
+                filter_subject: format!("{subject_prefix}{prefix}.>"),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Presence(format!("watch {prefix}: {e}")))?;
+        let synced_at_start = consumer.cached_info().num_pending == 0;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::Presence(format!("watch {prefix}: {e}")))?;
+        let head = futures::stream::iter(synced_at_start.then_some(Ok(PresenceChange::Synced)));
+        let mut synced = synced_at_start;
+        let changes = messages.flat_map(move |message| {
+            let mut out = Vec::with_capacity(2);
+            match message {
+                Err(e) => out.push(Err(BusError::Presence(e.to_string()))),
+                Ok(message) => {
+                    let key = message
+                        .subject
+                        .strip_prefix(subject_prefix.as_str())
+                        .unwrap_or(&message.subject)
+                        .to_string();
+                    let removed = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(KV_OPERATION))
+                        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                    out.push(Ok(if removed {
+                        PresenceChange::Delete { key }
+                    } else {
+                        PresenceChange::Put {
+                            key,
+                            value: message.payload.clone(),
+                        }
+                    }));
+                    if !synced && message.info().is_ok_and(|info| info.pending == 0) {
+                        synced = true;
+                        out.push(Ok(PresenceChange::Synced));
+                    }
+                }
+            }
+            futures::stream::iter(out)
+        });
+        Ok(head.chain(changes).boxed())
+    }
+}
