@@ -4,7 +4,12 @@
 //! LSN, last error) and counts into [`CdcMetrics`]; the HTTP handlers read them. Postgres' view
 //! (slot lag, whether the slot is active) is asked on each `/health` request over a plain
 //! connection, so a standby reports real figures too.
+//!
+//! `"nats": {"connected"}` is the NATS connection's state; with the in-process bus of
+//! `nself-realtime up` it reads `{"connected": true, "in_process": true}` (there is no server
+//! to lose), so the document keeps one shape for every deployment.
 
+use crate::service::CdcBus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -54,27 +59,27 @@ impl CdcMetrics {
         CdcMetrics {
             events_published: counter(
                 "realtime_cdc_events_published_total",
-                "Change events sent to JetStream",
+                "Change events sent to the bus (JetStream, or the in-process log)",
             ),
             bytes_published: counter(
                 "realtime_cdc_published_bytes_total",
-                "Bytes of change events sent to JetStream",
+                "Bytes of change events sent to the bus",
             ),
             events_skipped: counter(
                 "realtime_cdc_events_skipped_total",
-                "Replayed events skipped because JetStream already had them",
+                "Replayed events skipped because the bus already had them",
             ),
             events_deduplicated: counter(
                 "realtime_cdc_events_deduplicated_total",
-                "Events JetStream reported as duplicates",
+                "Events the bus reported as duplicates",
             ),
             events_oversized: counter(
                 "realtime_cdc_events_oversized_total",
-                "Events reduced to their primary key for exceeding max_payload",
+                "Events reduced to their primary key for exceeding the bus message limit (NATS max_payload)",
             ),
             publish_errors: counter(
                 "realtime_cdc_publish_errors_total",
-                "Failed JetStream publications (each restarts the session)",
+                "Failed publications to the bus (each restarts the session)",
             ),
             transactions: counter(
                 "realtime_cdc_transactions_total",
@@ -98,7 +103,7 @@ impl CdcMetrics {
             ),
             notifications_forwarded: counter(
                 "realtime_cdc_notifications_total",
-                "NOTIFY messages forwarded to NATS",
+                "NOTIFY messages forwarded to the bus",
             ),
             notification_errors: counter(
                 "realtime_cdc_notification_errors_total",
@@ -147,12 +152,12 @@ pub struct HealthState {
     started: Instant,
     slot: String,
     database: tokio_postgres::Config,
-    nats: async_nats::Client,
+    bus: CdcBus,
     monitor: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl HealthState {
-    pub fn new(slot: String, database: tokio_postgres::Config, nats: async_nats::Client) -> Self {
+    pub fn new(slot: String, database: tokio_postgres::Config, bus: CdcBus) -> Self {
         HealthState {
             status: Mutex::new(Status {
                 last_confirmed: None,
@@ -162,7 +167,7 @@ impl HealthState {
             started: Instant::now(),
             slot,
             database,
-            nats,
+            bus,
             monitor: tokio::sync::Mutex::new(None),
         }
     }
@@ -240,8 +245,11 @@ impl HealthState {
         let view = tokio::time::timeout(Duration::from_secs(2), self.slot_view())
             .await
             .unwrap_or_else(|_| Err("timed out after 2 s".into()));
-        let nats_connected =
-            self.nats.connection_state() == async_nats::connection::State::Connected;
+        let nats_connected = self.bus.is_connected();
+        let nats = match self.bus {
+            CdcBus::Nats(_) => json!({"connected": nats_connected}),
+            CdcBus::InProcess { .. } => json!({"connected": nats_connected, "in_process": true}),
+        };
         let role = self.role();
         let (last_confirmed, last_error) = {
             let s = self.status.lock().unwrap();
@@ -260,7 +268,7 @@ impl HealthState {
             "status": if healthy { "ok" } else { "degraded" },
             "role": role.as_str(),
             "postgres": postgres,
-            "nats": {"connected": nats_connected},
+            "nats": nats,
             "slot": self.slot,
             "slot_active": slot_active,
             "last_confirmed_lsn": last_confirmed.map(|l| l.to_string()),

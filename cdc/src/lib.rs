@@ -10,11 +10,12 @@ pub mod migrations;
 pub mod notify;
 pub mod pgoutput;
 pub mod pipeline;
-pub mod postgres_error;
 pub mod publications;
 pub mod publisher;
 pub mod replication;
 pub mod service;
-pub mod sql;
 pub mod subscriptions;
 pub mod wire;
+
+// Shared with the gateway; re-exported so `crate::sql` and `crate::postgres_error` keep working.
+pub use nself_realtime_shared::{postgres_error, sql};

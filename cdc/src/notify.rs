@@ -1,4 +1,8 @@
-//! The NOTIFY bridge: `pg_notify(channel, payload)` → core NATS `realtime.notify.<channel>`.
+//! The NOTIFY bridge: `pg_notify(channel, payload)` → the bus' `realtime.notify.<channel>`.
+//!
+//! The bus is a [`Broker`]: core NATS ([`NatsBroker`](nself_realtime_shared::bus::NatsBroker))
+//! for a CDC sidecar, the in-process [`MemoryBroker`](nself_realtime_shared::bus::MemoryBroker)
+//! for `nself-realtime up` without NATS; the gateways subscribe there either way.
 //!
 //! While this process leads the slot (a standby would double every notification), it holds a
 //! plain Postgres connection that LISTENs on each `REALTIME_NOTIFY_CHANNELS` channel and
@@ -11,13 +15,14 @@ use crate::health::{CdcMetrics, Role};
 use crate::postgres_error::describe;
 use crate::sql::quote_ident;
 use futures::StreamExt;
+use nself_realtime_shared::bus::Broker;
 use nself_realtime_shared::subject;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 
-/// The NATS message body for a NOTIFY payload.
+/// The message body for a NOTIFY payload.
 pub fn body(payload: &str) -> bytes::Bytes {
     match serde_json::from_str::<serde_json::Value>(payload) {
         Ok(_) => bytes::Bytes::copy_from_slice(payload.as_bytes()),
@@ -31,7 +36,7 @@ pub fn body(payload: &str) -> bytes::Bytes {
 pub async fn run(
     database: tokio_postgres::Config,
     channels: Vec<String>,
-    nats: async_nats::Client,
+    broker: Arc<dyn Broker>,
     metrics: Arc<CdcMetrics>,
     mut role: watch::Receiver<Role>,
 ) {
@@ -43,7 +48,7 @@ pub async fn run(
         if role.wait_for(|r| *r == Role::Leader).await.is_err() {
             return;
         }
-        let session = bridge(&database, &channels, &nats, &metrics);
+        let session = bridge(&database, &channels, broker.as_ref(), &metrics);
         let demoted = async {
             let _ = role.wait_for(|r| *r != Role::Leader).await;
         };
@@ -67,7 +72,7 @@ pub async fn run(
 async fn bridge(
     database: &tokio_postgres::Config,
     channels: &[String],
-    nats: &async_nats::Client,
+    broker: &dyn Broker,
     metrics: &CdcMetrics,
 ) -> Result<(), String> {
     let mut config = database.clone();
@@ -107,11 +112,11 @@ async fn bridge(
             metrics.notification_errors.inc();
             continue;
         };
-        match nats.publish(subject, body(notification.payload())).await {
+        match broker.publish(&subject, body(notification.payload())).await {
             Ok(()) => metrics.notifications_forwarded.inc(),
             Err(e) => {
                 metrics.notification_errors.inc();
-                tracing::warn!(channel, error = %e, "cannot forward a notification to NATS");
+                tracing::warn!(channel, error = %e, "cannot forward a notification to the bus");
             }
         }
     }

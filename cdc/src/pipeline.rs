@@ -8,17 +8,23 @@
 //!
 //! The loop selects between three things: reading the next replication message (only while the
 //! publisher's window has room — a full window stops reading, which is the backpressure that
-//! keeps memory bounded while NATS is slow or gone), the next JetStream acknowledgement, and a
-//! status timer that keeps the walsender from timing out even while reading is paused.
+//! keeps memory bounded while NATS is slow or gone), the next acknowledgement, and a status
+//! timer that keeps the walsender from timing out even while reading is paused.
 //! Any error ends the session; `service::replicate` starts a new one, which resumes at the
-//! slot's confirmed LSN and skips what JetStream already has.
+//! slot's confirmed LSN and skips what the bus already has.
+//!
+//! The session publishes to the bus the service connected ([`CdcBus`]): on NATS it creates the
+//! stream, reads where it ends, keeps `Nats-Expected-Last-Sequence` in step and watches the
+//! connection; in process it appends to the in-process change log, whose acknowledgements are
+//! immediate. The loop is the same for both.
 
 use crate::health::{CdcMetrics, HealthState, Role};
 use crate::pgoutput::events::{EventBuilder, Step};
 use crate::pgoutput::messages::Message;
 use crate::postgres_error::describe;
-use crate::publisher::{self, PublishError, Publisher, StreamSettings};
+use crate::publisher::{self, PublishError, Publisher, StreamSettings, Target};
 use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
+use crate::service::CdcBus;
 use nself_realtime_shared::lsn::Lsn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,13 +44,14 @@ pub struct Session {
     pub database: tokio_postgres::Config,
     pub slot: String,
     pub publications: Vec<String>,
-    pub nats: async_nats::Client,
+    pub bus: CdcBus,
+    /// Settings of the JetStream stream (NATS only).
     pub stream: StreamSettings,
     pub max_in_flight: usize,
     pub metrics: Arc<CdcMetrics>,
     pub health: Arc<HealthState>,
     /// The stream sequence JetStream reported when it last refused an event; the next session
-    /// counts from it instead of from the stream's last message.
+    /// counts from it instead of from the stream's last message (NATS only).
     pub server_sequence: std::sync::Mutex<Option<u64>>,
 }
 
@@ -102,9 +109,20 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     let mut client = ReplicationClient::connect(&database, &options).await?;
     client.create_slot_if_missing(&s.slot).await?;
 
-    let js = publisher::context(s.nats.clone(), s.max_in_flight, ACK_TIMEOUT);
-    publisher::ensure_stream(&js, &s.stream).await?;
-    let stream_end = publisher::last_published(&js).await?;
+    let (mut target, stream_end) = match &s.bus {
+        CdcBus::Nats(nats) => {
+            let js = publisher::context(nats.clone(), s.max_in_flight, ACK_TIMEOUT);
+            publisher::ensure_stream(&js, &s.stream).await?;
+            let stream_end = publisher::last_published(&js).await?;
+            let target = Target::JetStream {
+                js,
+                max_payload: nats.server_info().max_payload,
+                expected_last_sequence: stream_end.last_sequence,
+            };
+            (target, stream_end)
+        }
+        CdcBus::InProcess { log, .. } => (Target::Memory(log.clone()), publisher::last_logged(log)),
+    };
 
     let catalog = plain_connection(&s.database).await?;
     let slot_lsn: Option<String> = catalog
@@ -130,20 +148,16 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     s.health.set_role(Role::Leader);
     tracing::info!(slot = %s.slot, from = %confirmed, stream_last_sequence = stream_end.last_sequence, skip_through = ?stream_end.last_id.map(|id| id.to_string()), "streaming");
 
-    let expected_last_sequence = s
-        .server_sequence
-        .lock()
-        .unwrap()
-        .take()
-        .unwrap_or(stream_end.last_sequence);
-    let mut publisher = Publisher::new(
-        js,
-        s.nats.server_info().max_payload,
-        s.max_in_flight,
-        stream_end,
+    if let Target::JetStream {
         expected_last_sequence,
-        s.metrics.clone(),
-    );
+        ..
+    } = &mut target
+    {
+        if let Some(server) = s.server_sequence.lock().unwrap().take() {
+            *expected_last_sequence = server;
+        }
+    }
+    let mut publisher = Publisher::new(target, s.max_in_flight, stream_end, s.metrics.clone());
     let mut builder = EventBuilder::new();
     let mut events = Vec::new();
     let mut reported = confirmed;
@@ -205,12 +219,10 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
                 }
             }
             _ = status_timer.tick() => {
-                // Events sent over a connection that dropped may be lost; JetStream would refuse
-                // their successors anyway (expected sequence), so start over without waiting
-                // for the acknowledgement timeout.
-                if publisher.in_flight() > 0
-                    && s.nats.connection_state() != async_nats::connection::State::Connected
-                {
+                // Events sent over a NATS connection that dropped may be lost; JetStream would
+                // refuse their successors anyway (expected sequence), so start over without
+                // waiting for the acknowledgement timeout. (The in-process bus never drops.)
+                if publisher.in_flight() > 0 && !s.bus.is_connected() {
                     return Err(SessionError::NatsDisconnected);
                 }
                 if confirmed != reported || last_status.elapsed() >= IDLE_STATUS_INTERVAL {
@@ -237,7 +249,7 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(result) => result?,
-        Err(_) => tracing::warn!("shutdown: JetStream did not acknowledge every event in time; they will be re-sent and deduplicated"),
+        Err(_) => tracing::warn!("shutdown: the bus did not acknowledge every event in time; they will be re-sent and deduplicated"),
     }
     stream
         .send_status(confirmed, confirmed, confirmed, false)

@@ -1,6 +1,12 @@
-//! The CDC service as `nself-realtime cdc` runs it: check the configuration, start the side
-//! services (health, Postgres-wire endpoint, NOTIFY bridge), then run replication sessions
-//! until shutdown.
+//! The CDC service as `nself-realtime cdc` (and `nself-realtime up`) runs it: check the
+//! configuration, connect the bus, start the side services (health, Postgres-wire endpoint,
+//! NOTIFY bridge), then run replication sessions until shutdown.
+//!
+//! The bus is a choice ([`BusConfig`]): NATS with JetStream for a CDC sidecar serving any number
+//! of gateways, or the in-process [`MemoryChangeLog`] and [`MemoryBroker`] that `up` shares with
+//! the gateway running in the same process when `NATS_URL` is unset. Once connected it is a
+//! [`CdcBus`], which every part of the service holds; only the NATS variant has a connection to
+//! watch, a server `max_payload` and a stream to create.
 //!
 //! Startup problems a person must fix (unreachable Postgres or NATS, `wal_level` not logical,
 //! missing privileges, a port in use) are [`StartError::Config`], which the binary turns into
@@ -13,6 +19,7 @@ use crate::pipeline::{self, Session, SessionError};
 use crate::postgres_error::describe;
 use crate::publisher::{self, StreamSettings};
 use crate::{notify, publications, wire};
+use nself_realtime_shared::bus::{Broker, MemoryBroker, MemoryChangeLog, NatsBroker};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,21 +30,121 @@ use tokio::net::TcpListener;
 /// needs to notice the dead leader's connection.
 pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
-/// Everything `nself-realtime cdc` needs, already parsed and validated by the binary.
+/// Everything the CDC needs, already parsed and validated by the binary.
 #[derive(Debug, Clone)]
 pub struct CdcConfig {
     pub database: tokio_postgres::Config,
-    pub nats_url: String,
+    /// Where change events and NOTIFY payloads go.
+    pub bus: BusConfig,
     pub slot: String,
     pub publication: String,
+    /// JetStream retention of change events (`REALTIME_MESSAGE_TTL`). NATS only: the in-process
+    /// log's retention is the one it was created with.
     pub message_ttl: Duration,
     pub notify_channels: Vec<String>,
     pub wire_addr: SocketAddr,
     pub wire_password: Option<String>,
     pub http_addr: SocketAddr,
     pub max_in_flight: usize,
-    /// Copies of the `REALTIME_DB` stream in a NATS cluster (`REALTIME_STREAM_REPLICAS`).
+    /// Copies of the `REALTIME_DB` stream in a NATS cluster (`REALTIME_STREAM_REPLICAS`). NATS
+    /// only.
     pub stream_replicas: usize,
+}
+
+/// Which bus the CDC publishes to.
+#[derive(Clone)]
+pub enum BusConfig {
+    /// NATS with JetStream at `url` (`NATS_URL`, a comma list for a cluster): change events to
+    /// the stream `REALTIME_DB`, NOTIFY payloads to core NATS.
+    Nats { url: String },
+    /// The in-process bus (`nself-realtime up` without `NATS_URL`): change events appended to
+    /// `log`, NOTIFY payloads published on `broker`. Pass clones of the log and broker the
+    /// gateway of the same process reads; keep the log across restarts of the service so a
+    /// restarted CDC skips what the log already holds.
+    InProcess {
+        log: MemoryChangeLog,
+        broker: MemoryBroker,
+    },
+}
+
+impl std::fmt::Debug for BusConfig {
+    /// The NATS URL may hold credentials, so it is left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusConfig::Nats { .. } => f.debug_struct("Nats").finish_non_exhaustive(),
+            BusConfig::InProcess { log, .. } => f
+                .debug_struct("InProcess")
+                .field("last_id", &log.last_id().map(|id| id.to_string()))
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// The bus once connected, shared by the replication session, the NOTIFY bridge, the
+/// Postgres-wire endpoint and `/health`. Cloning shares the connection (or the in-process log
+/// and broker).
+#[derive(Clone)]
+pub enum CdcBus {
+    Nats(async_nats::Client),
+    InProcess {
+        log: MemoryChangeLog,
+        broker: MemoryBroker,
+    },
+}
+
+impl CdcBus {
+    /// Connects to NATS and creates or updates the stream; the in-process bus is ready as is.
+    pub async fn connect(
+        config: &BusConfig,
+        settings: &StreamSettings,
+    ) -> Result<CdcBus, StartError> {
+        match config {
+            BusConfig::Nats { url } => {
+                let nats = nself_realtime_shared::nats::connect(url, "nself-realtime-cdc")
+                    .await
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+                let js = async_nats::jetstream::new(nats.clone());
+                publisher::ensure_stream(&js, settings)
+                    .await
+                    .map_err(|e| {
+                        StartError::Config(format!(
+                            "{e}; NATS_URL must point at a server with JetStream enabled (nats-server -js)"
+                        ))
+                    })?;
+                Ok(CdcBus::Nats(nats))
+            }
+            BusConfig::InProcess { log, broker } => Ok(CdcBus::InProcess {
+                log: log.clone(),
+                broker: broker.clone(),
+            }),
+        }
+    }
+
+    /// Where NOTIFY payloads go: core NATS, or the in-process broker.
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        match self {
+            CdcBus::Nats(nats) => Arc::new(NatsBroker::new(nats.clone())),
+            CdcBus::InProcess { broker, .. } => Arc::new(broker.clone()),
+        }
+    }
+
+    /// Whether events can reach the bus now (the in-process bus always can).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            CdcBus::Nats(nats) => {
+                nats.connection_state() == async_nats::connection::State::Connected
+            }
+            CdcBus::InProcess { .. } => true,
+        }
+    }
+
+    /// Waits until everything published so far reached the server (nothing to wait for in
+    /// process).
+    pub async fn flush(&self) {
+        if let CdcBus::Nats(nats) = self {
+            let _ = nats.flush().await;
+        }
+    }
 }
 
 /// Why the service could not start or stopped.
@@ -127,21 +234,11 @@ async fn bind(addr: SocketAddr, var: &str) -> Result<TcpListener, StartError> {
 /// Runs the CDC until `shutdown` completes.
 pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     check_postgres(&config).await?;
-    let nats = nself_realtime_shared::nats::connect(&config.nats_url, "nself-realtime-cdc")
-        .await
-        .map_err(|e| StartError::Config(e.to_string()))?;
     let settings = StreamSettings {
         message_ttl: config.message_ttl,
         replicas: config.stream_replicas,
     };
-    let js = async_nats::jetstream::new(nats.clone());
-    publisher::ensure_stream(&js, &settings)
-        .await
-        .map_err(|e| {
-            StartError::Config(format!(
-                "{e}; NATS_URL must point at a server with JetStream enabled (nats-server -js)"
-            ))
-        })?;
+    let bus = CdcBus::connect(&config.bus, &settings).await?;
     let http = bind(config.http_addr, "REALTIME_CDC_HTTP_PORT").await?;
     let wire_listener = bind(config.wire_addr, "REALTIME_CDC_PORT").await?;
 
@@ -149,7 +246,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
     let health = Arc::new(HealthState::new(
         config.slot.clone(),
         config.database.clone(),
-        nats.clone(),
+        bus.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -170,17 +267,18 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
             publication: config.publication.clone(),
             password: config.wire_password.clone(),
         },
-        nats.clone(),
+        wire::ChangeFeed::from(&bus),
         stopped(stop_rx.clone()),
     ));
     let notify_task = tokio::spawn(notify::run(
         config.database.clone(),
         config.notify_channels.clone(),
-        nats.clone(),
+        bus.broker(),
         metrics.clone(),
         health.watch_role(),
     ));
-    tracing::info!(http = %config.http_addr, wire = %config.wire_addr, slot = %config.slot, "CDC started");
+    let in_process = matches!(bus, CdcBus::InProcess { .. });
+    tracing::info!(http = %config.http_addr, wire = %config.wire_addr, slot = %config.slot, in_process, "CDC started");
 
     let session = Session {
         database: config.database.clone(),
@@ -189,7 +287,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
             .into_iter()
             .map(|p| p.name)
             .collect(),
-        nats: nats.clone(),
+        bus: bus.clone(),
         stream: settings,
         max_in_flight: config.max_in_flight,
         metrics: metrics.clone(),
@@ -201,9 +299,10 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
     health.set_role(Role::Starting);
     let _ = stop_tx.send(true);
     notify_task.abort();
+    let _ = notify_task.await;
     let _ = http_task.await;
     let _ = wire_task.await;
-    let _ = nats.flush().await;
+    bus.flush().await;
     tracing::info!("CDC stopped");
     Ok(())
 }

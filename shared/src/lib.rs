@@ -7,6 +7,9 @@
 pub mod bus;
 pub mod config;
 pub mod event;
+pub mod local_postgres;
 pub mod lsn;
 pub mod nats;
+pub mod postgres_error;
+pub mod sql;
 pub mod subject;

@@ -8,10 +8,11 @@
 use crate::nats::NatsAccount;
 use crate::postgres::TestDb;
 use crate::process::free_port;
+use crate::service::ServiceProcess;
 use futures::StreamExt;
 use nself_realtime_shared::event::ChangeEvent;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of the `nself-realtime` binary of this build.
@@ -59,98 +60,54 @@ pub fn init(db: &TestDb) {
 
 /// A running `nself-realtime cdc` process. Dropping it kills the process.
 pub struct CdcProcess {
-    child: Option<Child>,
+    process: ServiceProcess,
     pub http_port: u16,
     pub wire_port: u16,
-    log: PathBuf,
-    env: Vec<(String, String)>,
 }
 
 impl CdcProcess {
     /// Starts `cdc` for `db` (its own slot) publishing to `nats`, with extra env overrides.
     pub fn start(db: &TestDb, nats: &NatsAccount, extra_env: &[(&str, &str)]) -> CdcProcess {
-        let log = tempfile::Builder::new()
-            .prefix("realtime-cdc-")
-            .suffix(".log")
-            .tempfile()
-            .expect("create a CDC log file")
-            .into_temp_path()
-            .keep()
-            .expect("keep the CDC log file");
         let http_port = free_port();
         let wire_port = free_port();
-        let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), db.url.clone()),
-            ("NATS_URL".into(), nats.url.clone()),
-            ("REALTIME_SLOT".into(), db.slot.clone()),
-            ("REALTIME_CDC_HOST".into(), "127.0.0.1".into()),
-            ("REALTIME_CDC_PORT".into(), wire_port.to_string()),
-            ("REALTIME_CDC_HTTP_PORT".into(), http_port.to_string()),
+        let env = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("NATS_URL", nats.url.as_str()),
+            ("REALTIME_SLOT", db.slot.as_str()),
+            ("REALTIME_CDC_HOST", "127.0.0.1"),
+            ("REALTIME_CDC_PORT", &wire_port.to_string()),
+            ("REALTIME_CDC_HTTP_PORT", &http_port.to_string()),
             (
-                "LOG_LEVEL".into(),
-                std::env::var("CDC_TEST_LOG")
-                    .unwrap_or_else(|_| "info,nself_realtime_cdc=debug".into()),
+                "LOG_LEVEL",
+                &std::env::var("CDC_TEST_LOG").unwrap_or_else(|_| "info,nself_realtime_cdc=debug".into()),
             ),
-        ];
-        for (k, v) in extra_env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.to_string(), v.to_string()));
-        }
-        let mut process = CdcProcess {
-            child: None,
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        CdcProcess {
+            process: ServiceProcess::start("cdc", &env, extra_env),
             http_port,
             wire_port,
-            log,
-            env,
-        };
-        process.spawn();
-        process
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log)
-            .expect("open the CDC log");
-        let child = Command::new(binary())
-            .arg("cdc")
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start nself-realtime cdc");
-        self.child = Some(child);
+        }
     }
 
     /// Starts the process again with the same settings (after [`CdcProcess::kill`]).
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.process.restart();
     }
 
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("process running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        child.wait().expect("wait for the CDC")
+        self.process.terminate()
     }
 
     /// The process' log so far (stdout and stderr).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// `GET /health`: the HTTP status and the JSON body, or `None` while nothing answers.
@@ -161,38 +118,9 @@ impl CdcProcess {
     /// Waits until `/health` reports `role`; returns how long that took. Panics after `limit`
     /// with the process log.
     pub async fn wait_for_role(&self, role: &str, limit: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            if let Some((_, body)) = self.health().await {
-                if body["role"] == role {
-                    return start.elapsed();
-                }
-            }
-            if let Some(child) = &self.child {
-                // A CDC that exited will never get there.
-                let id = child.id();
-                if !std::path::Path::new(&format!("/proc/{id}")).exists() {
-                    panic!("the CDC exited; log:\n{}", self.log());
-                }
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the CDC was not {role} within {limit:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for CdcProcess {
-    fn drop(&mut self) {
-        self.kill();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            eprintln!("CDC log kept at {}", self.log.display());
-        }
+        self.process
+            .wait_for_health(self.http_port, limit, |body| body["role"] == role)
+            .await
     }
 }
 
@@ -204,11 +132,39 @@ pub async fn http_get_json(port: u16, path: &str) -> Option<(u16, serde_json::Va
 
 /// A minimal HTTP/1.1 GET on 127.0.0.1: the status code and the body as text.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, &[], "").await
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body with a bearer token: the status code and the body.
+pub async fn http_post(port: u16, path: &str, bearer: &str, body: &str) -> Option<(u16, String)> {
+    let authorization = format!("Bearer {bearer}");
+    http_request(
+        port,
+        "POST",
+        path,
+        &[("Authorization", &authorization), ("Content-Type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// A minimal HTTP/1.1 request on 127.0.0.1 (the connection closes after it).
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))

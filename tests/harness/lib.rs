@@ -17,14 +17,20 @@
 //! processes run as, the `postgres` OS user.
 
 mod cdc;
+mod gateway;
 mod nats;
+mod phoenix_client;
 mod postgres;
 mod process;
+mod service;
 
 pub use cdc::{
-    binary, http_get, http_get_json, init, read_change_stream, run_cli, stream_message_count,
+    binary, http_get, http_get_json, http_post, http_request, init, read_change_stream, run_cli, stream_message_count,
     try_read_change_stream, CdcProcess,
 };
+pub use gateway::{token, GatewayProcess, Stack, TEST_JWT_SECRET};
 pub use nats::{Nats, NatsAccount};
+pub use phoenix_client::{Closed, Frame, PhoenixClient};
 pub use postgres::{connect as connect_url, Postgres, TestDb};
 pub use process::free_port;
+pub use service::ServiceProcess;

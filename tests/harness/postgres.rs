@@ -50,34 +50,9 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The newest PostgreSQL server binaries (as `nself-realtime up` finds them).
 fn bin_dir() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    if let Some(newest) = versions.pop() {
-        return newest;
-    }
-    let out = Command::new("sh")
-        .args(["-c", "command -v initdb"])
-        .output()
-        .expect("look for initdb");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !path.is_empty(),
-        "initdb not found: install PostgreSQL (scripts/test does: apt-get install -y postgresql)"
-    );
-    Path::new(&path).parent().unwrap().to_path_buf()
+    nself_realtime_shared::local_postgres::bin_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Postgres {

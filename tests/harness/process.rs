@@ -2,7 +2,6 @@
 //! command as the `postgres` user, and waiting for a port to accept connections.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,22 +34,11 @@ pub fn cleanup_on_exit(cleanup: &str) {
     WATCHDOG_PIPES.lock().unwrap().push(pipe);
 }
 
-/// Whether this process runs as root (then Postgres must run as the `postgres` user).
-pub fn running_as_root() -> bool {
-    let out = Command::new("id").arg("-u").output().expect("run `id -u`");
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// A command that runs `program` as the `postgres` OS user when we are root, else as ourselves.
-pub fn as_postgres_user(program: &Path) -> Command {
-    if running_as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
+// Whether we run as root, and a command that runs a Postgres program as the `postgres` OS user
+// when we do: the same rules `nself-realtime up` follows for its local cluster.
+pub use nself_realtime_shared::local_postgres::{
+    postgres_user_command as as_postgres_user, running_as_root,
+};
 
 /// Runs a command to completion and panics with its output if it fails.
 pub fn run(mut cmd: Command, what: &str) {

@@ -12,9 +12,11 @@
 //! ```
 //!
 //! How it fits: SUBSCRIBE and friends change `realtime.subscriptions` and the op-set publications
-//! the replication stream reads ([`crate::subscriptions`]); LISTEN subscribes with core NATS to
-//! the subjects the CDC publishes change events on (`realtime.db.<schema>.<table>.<op>`; core
-//! subscribers see JetStream-captured subjects too), so a listener sees exactly what gateways see.
+//! the replication stream reads ([`crate::subscriptions`]); LISTEN follows the subjects the CDC
+//! publishes change events on (`realtime.db.<schema>.<table>.<op>`) on the bus the CDC uses
+//! ([`ChangeFeed`]): a core NATS subscription (core subscribers see JetStream-captured subjects
+//! too), or the in-process change log followed from its end. A listener sees exactly what
+//! gateways see.
 //!
 //! Pieces: [`command`] parses the statements, `session` runs them and owns a connection's
 //! LISTENs, `connection` is the per-connection loop that also pushes notifications to idle
@@ -32,6 +34,8 @@ mod session;
 pub use connection::NOTIFICATION_QUEUE;
 pub use session::MAX_LISTENS_PER_CONNECTION;
 
+use crate::service::CdcBus;
+use nself_realtime_shared::bus::MemoryChangeLog;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,18 +70,43 @@ impl std::fmt::Debug for WireConfig {
     }
 }
 
+/// Where LISTEN reads table changes from: the bus the CDC publishes to.
+#[derive(Clone)]
+pub enum ChangeFeed {
+    /// Core NATS subscriptions on the change subjects.
+    Nats(async_nats::Client),
+    /// The in-process change log (`nself-realtime up` without NATS), followed from its end.
+    InProcess(MemoryChangeLog),
+}
+
+impl From<async_nats::Client> for ChangeFeed {
+    fn from(client: async_nats::Client) -> ChangeFeed {
+        ChangeFeed::Nats(client)
+    }
+}
+
+impl From<&CdcBus> for ChangeFeed {
+    fn from(bus: &CdcBus) -> ChangeFeed {
+        match bus {
+            CdcBus::Nats(client) => ChangeFeed::Nats(client.clone()),
+            CdcBus::InProcess { log, .. } => ChangeFeed::InProcess(log.clone()),
+        }
+    }
+}
+
 /// Serves the endpoint on `listener` until `shutdown` completes, then ends every connection
-/// (FATAL 57P01) and returns once they closed or after a short grace period.
+/// (FATAL 57P01) and returns once they closed or after a short grace period. `feed` is where
+/// LISTEN reads changes (a NATS client converts into one).
 pub async fn serve(
     listener: TcpListener,
     config: WireConfig,
-    nats: async_nats::Client,
+    feed: impl Into<ChangeFeed>,
     shutdown: impl Future<Output = ()>,
 ) {
     let shared = Arc::new(session::Shared {
         publication: config.publication,
         pool: pool::Pool::new(config.database),
-        nats,
+        feed: feed.into(),
     });
     let startup = Arc::new(auth::Startup::new(config.password));
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -2,18 +2,21 @@
 //!
 //! pgwire calls [`Session::do_query`] for every simple query. SUBSCRIBE, UNSUBSCRIBE and SHOW
 //! SUBSCRIPTIONS go to [`crate::subscriptions`] on a pooled Postgres connection. LISTEN subscribes
-//! (core NATS) to the table's change subjects and spawns a forwarder that moves each message into
-//! the session's bounded notification queue; the connection loop (`connection.rs`) drains that
+//! to the table's change subjects on the [`ChangeFeed`] (core NATS, or the in-process change log)
+//! and spawns a forwarder that moves each message into the session's bounded notification queue; the connection loop (`connection.rs`) drains that
 //! queue onto the socket. When the queue is full the forwarder stops and raises `overflow`, and
 //! the connection loop disconnects the client with the reason: a listener that falls behind
 //! costs a bounded amount of memory and never slows anyone else.
 
 use super::command::{self, Command, CommandError};
 use super::pool::Pool;
+use super::ChangeFeed;
 use crate::subscriptions::{self, SubscriptionError, Target};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Sink, StreamExt};
+use nself_realtime_shared::bus::{ChangeLog, StartAt};
 use nself_realtime_shared::subject::{self, SubjectError};
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
@@ -45,7 +48,7 @@ pub(crate) struct Notification {
 pub(crate) struct Shared {
     pub publication: String,
     pub pool: Pool,
-    pub nats: async_nats::Client,
+    pub feed: ChangeFeed,
 }
 
 /// A command that failed; the client gets it as an ErrorResponse and the session goes on.
@@ -201,8 +204,9 @@ impl Session {
             .map_err(|e| WireError::Database(crate::postgres_error::describe(&e)))
     }
 
-    /// Starts forwarding `target`'s changes as notifications on `channel`. Returns once NATS has
-    /// registered the subscription, so a change published after LISTEN answered is delivered.
+    /// Starts forwarding `target`'s changes as notifications on `channel`. Returns once the
+    /// subscription is in place (NATS has registered it, or the log reader holds its position),
+    /// so a change published after LISTEN answered is delivered.
     async fn listen(&self, channel: String, target: &Target) -> Result<(), WireError> {
         {
             let listens = self.listens();
@@ -222,18 +226,26 @@ impl Session {
             channel: channel.clone(),
             reason,
         };
-        let subscriber = self
-            .shared
-            .nats
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| nats_error(e.to_string()))?;
-        sync_with_server(&self.shared.nats)
-            .await
-            .map_err(nats_error)?;
+        let changes: BoxStream<'static, Result<Bytes, String>> = match &self.shared.feed {
+            ChangeFeed::Nats(nats) => {
+                let subscriber = nats
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| nats_error(e.to_string()))?;
+                sync_with_server(nats).await.map_err(nats_error)?;
+                subscriber.map(|message| Ok(message.payload)).boxed()
+            }
+            ChangeFeed::InProcess(log) => log
+                .follow(&subject, StartAt::New)
+                .await
+                .map_err(|e| nats_error(e.to_string()))?
+                .changes
+                .map(|change| change.map(|c| c.payload).map_err(|e| e.to_string()))
+                .boxed(),
+        };
         tracing::debug!(channel = %channel, subject = %subject, "listening");
         let task = tokio::spawn(forward(
-            subscriber,
+            changes,
             Arc::from(channel.as_str()),
             self.queue.clone(),
             self.overflow.clone(),
@@ -262,19 +274,29 @@ async fn sync_with_server(nats: &async_nats::Client) -> Result<(), String> {
     }
 }
 
-/// Moves one LISTEN's NATS messages into the session's queue until the queue overflows, the
-/// session ends or the LISTEN is dropped (which aborts this task).
+/// Moves one LISTEN's changes into the session's queue until the queue overflows, the session
+/// ends or the LISTEN is dropped (which aborts this task). An error from the in-process log
+/// means this listener fell so far behind that the log dropped what it had not read: that ends
+/// the connection like an overflowing queue.
 async fn forward(
-    mut subscriber: async_nats::Subscriber,
+    mut changes: BoxStream<'static, Result<Bytes, String>>,
     channel: Arc<str>,
     queue: mpsc::Sender<Notification>,
     overflow: Arc<Notify>,
     connection_id: u64,
 ) {
-    while let Some(message) = subscriber.next().await {
+    while let Some(change) = changes.next().await {
+        let payload = match change {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::warn!(connection = connection_id, channel = %channel, error = %e, "listener fell behind the change log");
+                overflow.notify_one();
+                return;
+            }
+        };
         let notification = Notification {
             channel: channel.clone(),
-            payload: message.payload,
+            payload,
         };
         match queue.try_send(notification) {
             Ok(()) => {}
@@ -286,7 +308,7 @@ async fn forward(
             Err(TrySendError::Closed(_)) => return,
         }
     }
-    tracing::warn!(connection = connection_id, channel = %channel, "NATS subscription ended");
+    tracing::warn!(connection = connection_id, channel = %channel, "change subscription ended");
 }
 
 /// A result set of text columns.

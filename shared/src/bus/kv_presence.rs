@@ -118,6 +118,7 @@ impl PresenceStore for KvPresence {
                         PresenceChange::Put {
                             key,
                             value: message.payload.clone(),
+                            written_at: message.info().ok().map(|info| info.published),
                         }
                     }));
                     if !synced && message.info().is_ok_and(|info| info.pending == 0) {

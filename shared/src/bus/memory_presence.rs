@@ -60,6 +60,7 @@ impl PresenceStore for MemoryPresence {
             PresenceChange::Put {
                 key: key.to_string(),
                 value,
+                written_at: None,
             },
         );
         Ok(())
@@ -88,6 +89,7 @@ impl PresenceStore for MemoryPresence {
             let _ = sender.send(PresenceChange::Put {
                 key: key.clone(),
                 value: value.clone(),
+                written_at: None,
             });
         }
         let _ = sender.send(PresenceChange::Synced);
@@ -119,7 +121,8 @@ mod tests {
             next(&mut watch).unwrap().unwrap(),
             PresenceChange::Put {
                 key: "room1.a".into(),
-                value: "1".into()
+                value: "1".into(),
+                written_at: None
             }
         );
         assert_eq!(next(&mut watch).unwrap().unwrap(), PresenceChange::Synced);

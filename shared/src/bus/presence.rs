@@ -20,8 +20,13 @@ pub const PRESENCE_BUCKET: &str = "realtime_presence";
 /// One change seen by a watcher.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PresenceChange {
-    /// An entry was written or refreshed.
-    Put { key: String, value: Bytes },
+    /// An entry was written or refreshed, at `written_at` by the store's clock when it says
+    /// (an entry in a watch's initial snapshot may be old: a dead owner's leftover).
+    Put {
+        key: String,
+        value: Bytes,
+        written_at: Option<time::OffsetDateTime>,
+    },
     /// An entry was removed by its owner.
     Delete { key: String },
     /// Every entry that existed when the watch started has been delivered.

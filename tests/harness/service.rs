@@ -1,0 +1,138 @@
+//! Running a long-lived `nself-realtime` subcommand (`cdc`, `gateway`, `up`) as a child process
+//! that tests can kill with SIGKILL, stop with SIGTERM, restart, and ask for `/health`; its
+//! stdout and stderr go to a log file that is printed when a test fails.
+
+use crate::cdc::{binary, http_get_json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `nself-realtime <subcommand>`. Dropping it kills the process.
+pub struct ServiceProcess {
+    subcommand: String,
+    child: Option<Child>,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl ServiceProcess {
+    /// Starts `nself-realtime <subcommand>` with `env`, `overrides` replacing entries of it.
+    pub fn start(subcommand: &str, env: &[(String, String)], overrides: &[(&str, &str)]) -> ServiceProcess {
+        let log = tempfile::Builder::new()
+            .prefix(&format!("realtime-{subcommand}-"))
+            .suffix(".log")
+            .tempfile()
+            .expect("create a log file")
+            .into_temp_path()
+            .keep()
+            .expect("keep the log file");
+        let mut env = env.to_vec();
+        for (k, v) in overrides {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut process = ServiceProcess {
+            subcommand: subcommand.to_string(),
+            child: None,
+            log,
+            env,
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open the log");
+        let child = Command::new(binary())
+            .arg(&self.subcommand)
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start nself-realtime {}: {e}", self.subcommand));
+        self.child = Some(child);
+    }
+
+    /// Starts the process again with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("process running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("wait for the process")
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process' log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `GET /health` on `port` until `ready` accepts the body; returns how long that
+    /// took. Panics after `limit`, or as soon as the process exits, with its log.
+    pub async fn wait_for_health(
+        &self,
+        port: u16,
+        limit: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if let Some((_, body)) = http_get_json(port, "/health").await {
+                if ready(&body) {
+                    return start.elapsed();
+                }
+            }
+            if let Some(id) = self.pid() {
+                assert!(
+                    std::path::Path::new(&format!("/proc/{id}")).exists(),
+                    "nself-realtime {} exited; log:\n{}",
+                    self.subcommand,
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "nself-realtime {} was not ready within {limit:?}; log:\n{}",
+                self.subcommand,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("nself-realtime {} log kept at {}", self.subcommand, self.log.display());
+        }
+    }
+}
