@@ -17,11 +17,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_realtime_schema",
-    sql: include_str!("../../migrations/0001_realtime_schema.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_realtime_schema",
+        sql: include_str!("../../migrations/0001_realtime_schema.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_channels",
+        sql: include_str!("../../migrations/0002_channels.sql"),
+    },
+];
 
 /// Advisory lock key held while migrating ("nselfrt" as bytes).
 const MIGRATION_LOCK: i64 = 0x006e_7365_6c66_7274;

@@ -41,8 +41,12 @@ struct Cli {
 enum Command {
     /// Create or update the realtime schema, roles and publications (idempotent).
     Init(commands::init::Args),
+    /// Run everything in one process: local Postgres (when DATABASE_URL is unset), CDC, gateway.
+    Up(commands::up::Args),
     /// Run the CDC service: replication and NOTIFY into NATS, health, the SUBSCRIBE endpoint.
     Cdc(commands::cdc::Args),
+    /// Run a WebSocket gateway (Supabase Realtime protocol) on NATS.
+    Gateway(commands::gateway::Args),
     /// Publish a table's changes: subscribe public.users [INSERT,UPDATE,DELETE,TRUNCATE].
     Subscribe(commands::subscriptions::SubscribeArgs),
     /// Stop publishing a table's changes.
@@ -79,7 +83,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init(args) => commands::init::run(args, json).await,
+            Command::Up(args) => commands::up::run(args, json).await,
             Command::Cdc(args) => commands::cdc::run(args).await,
+            Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Subscribe(args) => commands::subscriptions::subscribe(args, json).await,
             Command::Unsubscribe(args) => commands::subscriptions::unsubscribe(args, json).await,
             Command::Subscriptions(args) => commands::subscriptions::list(args, json).await,

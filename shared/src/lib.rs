@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod config;
 pub mod event;
+pub mod jwt;
 pub mod local_postgres;
 pub mod lsn;
 pub mod nats;

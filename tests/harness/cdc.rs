@@ -79,7 +79,8 @@ impl CdcProcess {
             ("REALTIME_CDC_HTTP_PORT", &http_port.to_string()),
             (
                 "LOG_LEVEL",
-                &std::env::var("CDC_TEST_LOG").unwrap_or_else(|_| "info,nself_realtime_cdc=debug".into()),
+                &std::env::var("CDC_TEST_LOG")
+                    .unwrap_or_else(|_| "info,nself_realtime_cdc=debug".into()),
             ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -142,7 +143,10 @@ pub async fn http_post(port: u16, path: &str, bearer: &str, body: &str) -> Optio
         port,
         "POST",
         path,
-        &[("Authorization", &authorization), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &authorization),
+            ("Content-Type", "application/json"),
+        ],
         body,
     )
     .await
@@ -160,7 +164,8 @@ pub async fn http_request(
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -19,7 +19,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts a gateway for `db` on `nats`, with extra env overrides; returns once `/health`
     /// answers.
-    pub async fn start(db: &TestDb, nats: &NatsAccount, extra_env: &[(&str, &str)]) -> GatewayProcess {
+    pub async fn start(
+        db: &TestDb,
+        nats: &NatsAccount,
+        extra_env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let port = free_port();
         let env = [
             ("DATABASE_URL", db.url.as_str()),
@@ -29,7 +33,8 @@ impl GatewayProcess {
             ("REALTIME_JWT_SECRET", TEST_JWT_SECRET),
             (
                 "LOG_LEVEL",
-                &std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info,nself_realtime_gateway=debug".into()),
+                &std::env::var("GATEWAY_TEST_LOG")
+                    .unwrap_or_else(|_| "info,nself_realtime_gateway=debug".into()),
             ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -44,7 +49,9 @@ impl GatewayProcess {
     /// Waits until `/health` answers.
     pub async fn wait_ready(&self) {
         self.process
-            .wait_for_health(self.port, Duration::from_secs(30), |body| body["role"] == "gateway")
+            .wait_for_health(self.port, Duration::from_secs(30), |body| {
+                body["role"] == "gateway"
+            })
             .await;
     }
 
@@ -96,7 +103,7 @@ pub fn token(claims: serde_json::Value) -> String {
             + 3600;
         claims.insert("exp".into(), exp.into());
     }
-    todo!("JWT_PENDING {claims:?}")
+    nself_realtime_shared::jwt::mint_hs256(TEST_JWT_SECRET, &claims)
 }
 
 /// A whole stack on private servers: a fresh database (initialised), a NATS account, the CDC,
@@ -140,7 +147,9 @@ impl Stack {
 
     /// Publishes a table's changes (adds it to the CDC's main publication).
     pub async fn publish(&self, table: &str) {
-        self.sql(&format!("ALTER PUBLICATION nself_realtime ADD TABLE {table}"))
-            .await;
+        self.sql(&format!(
+            "ALTER PUBLICATION nself_realtime ADD TABLE {table}"
+        ))
+        .await;
     }
 }

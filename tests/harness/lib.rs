@@ -25,8 +25,8 @@ mod process;
 mod service;
 
 pub use cdc::{
-    binary, http_get, http_get_json, http_post, http_request, init, read_change_stream, run_cli, stream_message_count,
-    try_read_change_stream, CdcProcess,
+    binary, http_get, http_get_json, http_post, http_request, init, read_change_stream, run_cli,
+    stream_message_count, try_read_change_stream, CdcProcess,
 };
 pub use gateway::{token, GatewayProcess, Stack, TEST_JWT_SECRET};
 pub use nats::{Nats, NatsAccount};
@@ -34,3 +34,5 @@ pub use phoenix_client::{Closed, Frame, PhoenixClient};
 pub use postgres::{connect as connect_url, Postgres, TestDb};
 pub use process::free_port;
 pub use service::ServiceProcess;
+/// WebSocket messages, for tests that send raw frames through [`PhoenixClient::send_raw`].
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;

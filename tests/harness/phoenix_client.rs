@@ -42,7 +42,9 @@ pub enum Received {
 pub struct PhoenixClient {
     pub vsn: String,
     sink: futures::stream::SplitSink<
-        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
         Message,
     >,
     received: mpsc::UnboundedReceiver<Received>,
@@ -55,7 +57,8 @@ fn string_or_null(value: &Value) -> Option<String> {
 
 /// Decodes a server text frame of either version.
 fn decode_text(text: &str) -> Frame {
-    let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON {text:?}: {e}"));
+    let value: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent non-JSON {text:?}: {e}"));
     match value {
         Value::Array(items) => {
             assert_eq!(items.len(), 5, "v2 frames have 5 elements: {text}");
@@ -82,9 +85,16 @@ fn decode_text(text: &str) -> Frame {
 
 /// Decodes a server binary frame (`userBroadcast`, kind 4).
 fn decode_binary(bytes: &[u8]) -> Frame {
-    assert_eq!(bytes[0], 4, "server binary frames are userBroadcast (kind 4)");
-    let (topic_len, event_len, meta_len, encoding) =
-        (bytes[1] as usize, bytes[2] as usize, bytes[3] as usize, bytes[4]);
+    assert_eq!(
+        bytes[0], 4,
+        "server binary frames are userBroadcast (kind 4)"
+    );
+    let (topic_len, event_len, meta_len, encoding) = (
+        bytes[1] as usize,
+        bytes[2] as usize,
+        bytes[3] as usize,
+        bytes[4],
+    );
     let mut at = 5;
     let mut take = |n: usize| {
         let part = &bytes[at..at + n];
@@ -96,7 +106,10 @@ fn decode_binary(bytes: &[u8]) -> Frame {
     let meta = take(meta_len);
     let payload = bytes[at..].to_vec();
     let (json_payload, binary) = if encoding == 1 {
-        (serde_json::from_slice(&payload).expect("JSON payload"), None)
+        (
+            serde_json::from_slice(&payload).expect("JSON payload"),
+            None,
+        )
     } else {
         (Value::Null, Some(payload))
     };
@@ -116,8 +129,15 @@ fn decode_binary(bytes: &[u8]) -> Frame {
 
 impl PhoenixClient {
     /// Connects to a full WebSocket URL; the `vsn` query parameter picks the encoding.
-    pub async fn connect(url: &str) -> Result<PhoenixClient, tokio_tungstenite::tungstenite::Error> {
-        let vsn = if url.contains("vsn=2.0.0") { "2.0.0" } else { "1.0.0" }.to_string();
+    pub async fn connect(
+        url: &str,
+    ) -> Result<PhoenixClient, tokio_tungstenite::tungstenite::Error> {
+        let vsn = if url.contains("vsn=2.0.0") {
+            "2.0.0"
+        } else {
+            "1.0.0"
+        }
+        .to_string();
         let (socket, _) = tokio_tungstenite::connect_async(url).await?;
         let (sink, mut stream) = socket.split();
         let (tx, received) = mpsc::unbounded_channel();
@@ -157,7 +177,13 @@ impl PhoenixClient {
     }
 
     /// Sends a text frame in this client's encoding; returns its ref.
-    pub async fn push(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) -> String {
+    pub async fn push(
+        &mut self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> String {
         let ref_ = self.make_ref();
         let text = if self.vsn == "2.0.0" {
             json!([join_ref, ref_, topic, event, payload]).to_string()
@@ -175,10 +201,30 @@ impl PhoenixClient {
 
     /// Sends a `userBroadcastPush` binary frame (kind 3), as realtime-js does for broadcasts on
     /// vsn 2.0.0; `json` chooses the payload encoding.
-    pub async fn push_binary_broadcast(&mut self, join_ref: &str, topic: &str, event: &str, payload: &[u8], json: bool) -> String {
+    pub async fn push_binary_broadcast(
+        &mut self,
+        join_ref: &str,
+        topic: &str,
+        event: &str,
+        payload: &[u8],
+        json: bool,
+    ) -> String {
         let ref_ = self.make_ref();
-        let mut frame = vec![3u8, join_ref.len() as u8, ref_.len() as u8, topic.len() as u8, event.len() as u8, 0, u8::from(json)];
-        for part in [join_ref.as_bytes(), ref_.as_bytes(), topic.as_bytes(), event.as_bytes()] {
+        let mut frame = vec![
+            3u8,
+            join_ref.len() as u8,
+            ref_.len() as u8,
+            topic.len() as u8,
+            event.len() as u8,
+            0,
+            u8::from(json),
+        ];
+        for part in [
+            join_ref.as_bytes(),
+            ref_.as_bytes(),
+            topic.as_bytes(),
+            event.as_bytes(),
+        ] {
             frame.extend_from_slice(part);
         }
         frame.extend_from_slice(payload);
@@ -213,13 +259,19 @@ impl PhoenixClient {
     }
 
     /// The next frame matching `wanted` within `limit`, or `None`.
-    pub async fn expect_within(&mut self, limit: Duration, wanted: impl Fn(&Frame) -> bool) -> Option<Frame> {
+    pub async fn expect_within(
+        &mut self,
+        limit: Duration,
+        wanted: impl Fn(&Frame) -> bool,
+    ) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.received.recv()).await {
                 Ok(Some(Received::Frame(frame))) if wanted(&frame) => return Some(frame),
                 Ok(Some(Received::Frame(_))) => continue,
-                Ok(Some(Received::Closed(closed))) => panic!("connection closed while waiting: {closed:?}"),
+                Ok(Some(Received::Closed(closed))) => {
+                    panic!("connection closed while waiting: {closed:?}")
+                }
                 Ok(None) | Err(_) => return None,
             }
         }
@@ -229,7 +281,9 @@ impl PhoenixClient {
     pub async fn drain(&mut self, limit: Duration) -> Vec<Frame> {
         let mut frames = Vec::new();
         let deadline = tokio::time::Instant::now() + limit;
-        while let Ok(Some(Received::Frame(frame))) = tokio::time::timeout_at(deadline, self.received.recv()).await {
+        while let Ok(Some(Received::Frame(frame))) =
+            tokio::time::timeout_at(deadline, self.received.recv()).await
+        {
             frames.push(frame);
         }
         frames
@@ -241,7 +295,12 @@ impl PhoenixClient {
             match tokio::time::timeout(Duration::from_secs(10), self.received.recv()).await {
                 Ok(Some(Received::Closed(closed))) => return closed,
                 Ok(Some(Received::Frame(_))) => continue,
-                Ok(None) => return Closed { code: None, reason: "stream ended".into() },
+                Ok(None) => {
+                    return Closed {
+                        code: None,
+                        reason: "stream ended".into(),
+                    }
+                }
                 Err(_) => panic!("the server did not close the connection within 10 s"),
             }
         }

@@ -17,7 +17,11 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts `nself-realtime <subcommand>` with `env`, `overrides` replacing entries of it.
-    pub fn start(subcommand: &str, env: &[(String, String)], overrides: &[(&str, &str)]) -> ServiceProcess {
+    pub fn start(
+        subcommand: &str,
+        env: &[(String, String)],
+        overrides: &[(&str, &str)],
+    ) -> ServiceProcess {
         let log = tempfile::Builder::new()
             .prefix(&format!("realtime-{subcommand}-"))
             .suffix(".log")
@@ -132,7 +136,11 @@ impl Drop for ServiceProcess {
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         } else {
-            eprintln!("nself-realtime {} log kept at {}", self.subcommand, self.log.display());
+            eprintln!(
+                "nself-realtime {} log kept at {}",
+                self.subcommand,
+                self.log.display()
+            );
         }
     }
 }

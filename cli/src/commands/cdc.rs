@@ -3,7 +3,7 @@
 
 use crate::exit::CliError;
 use anyhow::anyhow;
-use nself_realtime_cdc::service::{self, CdcConfig, StartError};
+use nself_realtime_cdc::service::{self, BusConfig, CdcConfig, StartError};
 use nself_realtime_shared::config;
 use std::net::{IpAddr, SocketAddr};
 
@@ -72,7 +72,7 @@ impl Args {
         }
         Ok(CdcConfig {
             database,
-            nats_url: self.nats_url,
+            bus: BusConfig::Nats { url: self.nats_url },
             slot: config::plain_identifier("REALTIME_SLOT", &self.slot).map_err(usage)?,
             publication: config::plain_identifier("REALTIME_PUBLICATION", &self.publication)
                 .map_err(usage)?,

@@ -2,7 +2,9 @@
 
 pub mod cdc;
 pub mod cdc_client;
+pub mod gateway;
 pub mod init;
 pub mod listen;
 pub mod postgres;
 pub mod subscriptions;
+pub mod up;

@@ -1,1 +1,7 @@
-//! Authentication and authorization: JWT claims into Postgres sessions, and channel access.
+//! Authentication and authorization: who a connection acts as ([`identity`]), those claims as
+//! the Postgres session of every authorization query ([`session`]), and channel access under
+//! Row Level Security ([`channel_access`]).
+
+pub mod channel_access;
+pub mod identity;
+pub mod session;

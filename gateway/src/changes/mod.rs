@@ -1,1 +1,8 @@
-//! postgres_changes: bindings, filters, the table feeds from the change log, and RLS checks.
+//! postgres_changes: the bindings a channel asks for ([`binding`]), their column filters
+//! ([`filter`]), the table feeds that read the change log and fan changes out ([`feed`]), and
+//! the batched Row Level Security checks ([`rls`]).
+
+pub mod binding;
+pub mod feed;
+pub mod filter;
+pub mod rls;

@@ -1,0 +1,137 @@
+//! Claims as the Postgres session of an authorization query.
+//!
+//! Every query that decides something for a user (channel access, row visibility, persisted
+//! writes) runs in its own transaction that first takes on the user's identity, so Row Level
+//! Security policies see what they expect in both styles our users write them:
+//!
+//! | setting | value |
+//! | --- | --- |
+//! | `role` | the token's role (`SET LOCAL ROLE`), one of `REALTIME_DB_ROLES` |
+//! | `request.jwt.claims` | the claims JSON (Supabase's `auth.jwt()`) |
+//! | `request.jwt.claim.sub`, `request.jwt.claim.role` | Supabase's older per-claim settings |
+//! | `hasura.user` | the `x-hasura-*` claims JSON (Hasura/nself style) |
+//! | `hasura.user.id` | the user id |
+//!
+//! All are transaction-local (`set_config(..., true)`), set in one statement with the values
+//! as bind parameters. A token without a role claim acts as `anon`. The gateway's own database
+//! user must be allowed to `SET ROLE` to each of these roles (a superuser, or `GRANT anon,
+//! authenticated, service_role TO <gateway user>`).
+
+use nself_realtime_shared::config::{comma_list, ConfigError};
+use nself_realtime_shared::jwt::Claims;
+use nself_realtime_shared::postgres_error::describe;
+use tokio_postgres::{Client, Transaction};
+
+/// The role of a token without one.
+pub const DEFAULT_ROLE: &str = "anon";
+
+/// Roles a token's role claim may name (`REALTIME_DB_ROLES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedRoles(Vec<String>);
+
+/// Taking on the claims' identity failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error("role {0:?} is not allowed (REALTIME_DB_ROLES)")]
+    RoleNotAllowed(String),
+    #[error("cannot take on role {role:?}: {reason}")]
+    Postgres { role: String, reason: String },
+}
+
+impl AllowedRoles {
+    /// Parses a comma list of role names.
+    pub fn parse(list: &str) -> Result<AllowedRoles, ConfigError> {
+        let roles = comma_list(list);
+        if roles.is_empty() {
+            return Err(ConfigError {
+                var: "REALTIME_DB_ROLES",
+                value: list.to_string(),
+                problem: "name at least one role, e.g. anon,authenticated,service_role".into(),
+            });
+        }
+        Ok(AllowedRoles(roles))
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn allows(&self, role: &str) -> bool {
+        self.0.iter().any(|r| r == role)
+    }
+}
+
+impl Default for AllowedRoles {
+    fn default() -> AllowedRoles {
+        AllowedRoles(vec![
+            "anon".into(),
+            "authenticated".into(),
+            "service_role".into(),
+        ])
+    }
+}
+
+/// The role a token acts as, if allowed.
+pub fn role_of<'a>(claims: &'a Claims, roles: &AllowedRoles) -> Result<&'a str, SessionError> {
+    let role = claims.role().unwrap_or(DEFAULT_ROLE);
+    if roles.allows(role) {
+        Ok(role)
+    } else {
+        Err(SessionError::RoleNotAllowed(role.to_string()))
+    }
+}
+
+/// Starts a transaction that acts as `claims` (see the module docs).
+pub async fn begin<'a>(
+    client: &'a mut Client,
+    claims: &Claims,
+    roles: &AllowedRoles,
+) -> Result<Transaction<'a>, SessionError> {
+    let role = role_of(claims, roles)?.to_string();
+    let failed = |e: tokio_postgres::Error| SessionError::Postgres {
+        role: role.clone(),
+        reason: describe(&e),
+    };
+    let transaction = client.transaction().await.map_err(failed)?;
+    let claims_json = claims.to_json().to_string();
+    let hasura = claims.hasura_user();
+    let user_id = hasura
+        .get("x-hasura-user-id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let hasura_json = serde_json::Value::Object(hasura).to_string();
+    let sub = claims.sub().unwrap_or("").to_string();
+    transaction
+        .execute(
+            "SELECT set_config('role', $1, true),
+                    set_config('request.jwt.claims', $2, true),
+                    set_config('request.jwt.claim.sub', $3, true),
+                    set_config('request.jwt.claim.role', $1, true),
+                    set_config('hasura.user', $4, true),
+                    set_config('hasura.user.id', $5, true)",
+            &[&role, &claims_json, &sub, &hasura_json, &user_id],
+        )
+        .await
+        .map_err(failed)?;
+    Ok(transaction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roles_parse_and_default_to_anon() {
+        let roles = AllowedRoles::parse("anon, authenticated").unwrap();
+        assert!(roles.allows("anon") && !roles.allows("service_role"));
+        assert!(AllowedRoles::parse(" , ").is_err());
+        let claims = |v: serde_json::Value| Claims::from_map(v.as_object().unwrap().clone());
+        assert_eq!(role_of(&claims(json!({})), &roles).unwrap(), "anon");
+        assert!(matches!(
+            role_of(&claims(json!({"role": "postgres"})), &roles),
+            Err(SessionError::RoleNotAllowed(r)) if r == "postgres"
+        ));
+    }
+}

@@ -1,0 +1,660 @@
+//! Table feeds: the change log read once per table (or schema, or everything) that has
+//! subscribers on this gateway, and each change filtered, authorized and fanned out.
+//!
+//! ```text
+//! ChangeLog ─follow(realtime.db.<schema>.<table>.*)─▶ Feed task ─batch─▶ match bindings
+//!     ─▶ RLS: one query per (table, claims) per batch ─▶ frames per (topic, ids) ─▶ subscribers
+//! ```
+//!
+//! A feed starts when the first channel needs its subject and stops when the last leaves. A
+//! channel is added to a feed *before* its join is answered, and the feed's reader is in place
+//! before that, so a row committed after the reply is always delivered.
+//!
+//! Resume (`postgres_changes_options.since`): the subscription starts in replay mode. Live changes
+//! are held while a second reader replays the log from the requested point through the same
+//! filters and checks; once the replay has caught up with the log, held changes past its last
+//! sequence follow, and the subscription is live: no gap and no duplicate.
+
+use super::binding::Binding;
+use super::rls::{self, RlsError, TableCatalog, TableInfo};
+use crate::auth::identity::Identity;
+use crate::auth::session::AllowedRoles;
+use crate::db::Pool;
+use crate::metrics::Metrics;
+use crate::phoenix::frame::{self, OutFrame, Vsn};
+use crate::subscriber::Subscriber;
+use futures::{FutureExt, StreamExt};
+use nself_realtime_shared::bus::{BusError, ChangeLog, LoggedChange, StartAt};
+use nself_realtime_shared::event::{ChangeEvent, EventType, Row};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::OnceCell;
+
+/// Most changes processed as one batch (one RLS query per table and claims covers them all).
+const MAX_BATCH: usize = 512;
+/// Most changes one join may replay; past it the channel gets an error and stays live-only.
+const MAX_REPLAY: u64 = 100_000;
+
+enum Flow {
+    /// Replaying: live changes wait here with their sequences.
+    Replaying(Vec<(u64, OutFrame)>),
+    /// Live: changes at or below `last` were already delivered by the replay.
+    Live { last: u64 },
+    /// The claims' checks failed; the channel was told and gets nothing more.
+    Failed,
+}
+
+/// One channel's interest in one feed.
+pub struct TableSubscription {
+    pub subscriber: Arc<Subscriber>,
+    /// The channel's bindings served by this feed.
+    pub bindings: Vec<Binding>,
+    identity: RwLock<Arc<Identity>>,
+    flow: Mutex<Flow>,
+}
+
+impl TableSubscription {
+    pub fn new(
+        subscriber: Arc<Subscriber>,
+        bindings: Vec<Binding>,
+        identity: Arc<Identity>,
+        replaying: bool,
+    ) -> Arc<TableSubscription> {
+        Arc::new(TableSubscription {
+            subscriber,
+            bindings,
+            identity: RwLock::new(identity),
+            flow: Mutex::new(if replaying {
+                Flow::Replaying(Vec::new())
+            } else {
+                Flow::Live { last: 0 }
+            }),
+        })
+    }
+
+    /// Switches to new claims (after `access_token`).
+    pub fn set_identity(&self, identity: Arc<Identity>) {
+        *self.identity.write().expect("identity lock") = identity;
+    }
+
+    fn identity(&self) -> Arc<Identity> {
+        self.identity.read().expect("identity lock").clone()
+    }
+
+    fn failed(&self) -> bool {
+        matches!(*self.flow.lock().expect("flow lock"), Flow::Failed)
+    }
+
+    /// A live change.
+    fn offer(&self, sequence: u64, frame: OutFrame) {
+        let mut flow = self.flow.lock().expect("flow lock");
+        match &mut *flow {
+            Flow::Replaying(held) => held.push((sequence, frame)),
+            Flow::Live { last } if sequence > *last => {
+                *last = sequence;
+                self.subscriber.deliver(frame);
+            }
+            Flow::Live { .. } | Flow::Failed => {}
+        }
+    }
+
+    /// Ends the replay at `last_replayed`: held changes after it go out, then live.
+    fn finish_replay(&self, last_replayed: u64) {
+        let mut flow = self.flow.lock().expect("flow lock");
+        if let Flow::Replaying(held) = std::mem::replace(
+            &mut *flow,
+            Flow::Live {
+                last: last_replayed,
+            },
+        ) {
+            let mut last = last_replayed;
+            for (sequence, frame) in held {
+                if sequence > last {
+                    last = sequence;
+                    self.subscriber.deliver(frame);
+                }
+            }
+            *flow = Flow::Live { last };
+        }
+    }
+
+    /// Marks the subscription failed and tells the client why, once.
+    fn fail(&self, message: &str) {
+        let mut flow = self.flow.lock().expect("flow lock");
+        if matches!(*flow, Flow::Failed) {
+            return;
+        }
+        *flow = Flow::Failed;
+        drop(flow);
+        self.subscriber
+            .deliver(system_error(&self.subscriber, message));
+    }
+}
+
+/// A `system` message with status `error` for the postgres_changes extension.
+pub fn system_error(subscriber: &Subscriber, message: &str) -> OutFrame {
+    let channel = subscriber
+        .topic
+        .strip_prefix("realtime:")
+        .unwrap_or(&subscriber.topic);
+    let payload = serde_json::json!({
+        "extension": "postgres_changes",
+        "status": "error",
+        "message": message,
+        "channel": channel,
+    });
+    let raw = serde_json::value::to_raw_value(&payload).expect("system messages serialize");
+    frame::push(
+        subscriber.vsn,
+        subscriber.join_ref.as_deref(),
+        &subscriber.topic,
+        "system",
+        &raw,
+    )
+}
+
+struct Feed {
+    filter: String,
+    subscriptions: RwLock<HashMap<u64, Arc<TableSubscription>>>,
+    joining: AtomicUsize,
+    started: OnceCell<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A subscription's place in a feed, to leave it.
+#[derive(Debug, Clone)]
+pub struct FeedMembership {
+    filter: String,
+    key: u64,
+}
+
+impl FeedMembership {
+    /// The change-log subject filter of the feed.
+    pub fn subject(&self) -> &str {
+        &self.filter
+    }
+}
+
+/// Every feed of this gateway.
+pub struct ChangeFeeds {
+    log: Arc<dyn ChangeLog>,
+    pool: Pool,
+    roles: Arc<AllowedRoles>,
+    catalog: TableCatalog,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// How a batch's deliveries go out.
+#[derive(Clone, Copy)]
+enum Mode {
+    Live,
+    Replay,
+}
+
+impl ChangeFeeds {
+    pub fn new(
+        log: Arc<dyn ChangeLog>,
+        pool: Pool,
+        roles: Arc<AllowedRoles>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ChangeFeeds> {
+        Arc::new(ChangeFeeds {
+            log,
+            catalog: TableCatalog::new(pool.clone()),
+            pool,
+            roles,
+            feeds: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn catalog(&self) -> &TableCatalog {
+        &self.catalog
+    }
+
+    /// Adds a subscription to the feed of `filter`, starting the feed if needed; returns once
+    /// the feed's reader is in place.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        filter: &str,
+        subscription: Arc<TableSubscription>,
+    ) -> Result<FeedMembership, BusError> {
+        let key = Arc::as_ptr(&subscription) as usize as u64;
+        let feed = {
+            let mut feeds = self.feeds.lock().expect("feeds lock");
+            let feed = feeds
+                .entry(filter.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Feed {
+                        filter: filter.to_string(),
+                        subscriptions: RwLock::new(HashMap::new()),
+                        joining: AtomicUsize::new(0),
+                        started: OnceCell::new(),
+                        task: Mutex::new(None),
+                    })
+                })
+                .clone();
+            feed.subscriptions
+                .write()
+                .expect("subscriptions lock")
+                .insert(key, subscription);
+            feed.joining.fetch_add(1, Ordering::AcqRel);
+            feed
+        };
+        let membership = FeedMembership {
+            filter: filter.to_string(),
+            key,
+        };
+        let started = feed
+            .started
+            .get_or_try_init(|| self.start(feed.clone()))
+            .await;
+        feed.joining.fetch_sub(1, Ordering::AcqRel);
+        if let Err(e) = started {
+            self.unsubscribe(&membership);
+            return Err(e);
+        }
+        Ok(membership)
+    }
+
+    async fn start(self: &Arc<Self>, feed: Arc<Feed>) -> Result<(), BusError> {
+        let mut following = self.log.follow(&feed.filter, StartAt::New).await?;
+        let feeds = Arc::downgrade(self);
+        let weak_feed = Arc::downgrade(&feed);
+        let filter = feed.filter.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let batch = next_batch(&mut following.changes).await;
+                let (changes, error) = match batch {
+                    Some(batch) => batch,
+                    None => break,
+                };
+                let (Some(feeds), Some(feed)) = (feeds.upgrade(), weak_feed.upgrade()) else {
+                    break;
+                };
+                let subscriptions: Vec<Arc<TableSubscription>> = feed
+                    .subscriptions
+                    .read()
+                    .expect("subscriptions lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                feeds
+                    .process(&changes, &subscriptions, Mode::Live, None)
+                    .await;
+                if let Some(e) = error {
+                    // The reader broke (the log is gone or unreachable for good): tell the
+                    // channels, which may rejoin.
+                    tracing::error!(filter = %filter, error = %e, "change feed stopped");
+                    for subscription in subscriptions {
+                        subscription
+                            .fail(&format!("the change feed stopped: {e}; rejoin the channel"));
+                    }
+                    break;
+                }
+            }
+        });
+        *feed.task.lock().expect("task lock") = Some(task);
+        Ok(())
+    }
+
+    /// Removes a subscription; the last one out stops the feed.
+    pub fn unsubscribe(&self, membership: &FeedMembership) {
+        let mut feeds = self.feeds.lock().expect("feeds lock");
+        let Some(feed) = feeds.get(&membership.filter) else {
+            return;
+        };
+        let mut subscriptions = feed.subscriptions.write().expect("subscriptions lock");
+        subscriptions.remove(&membership.key);
+        if subscriptions.is_empty() && feed.joining.load(Ordering::Acquire) == 0 {
+            drop(subscriptions);
+            if let Some(task) = feed.task.lock().expect("task lock").take() {
+                task.abort();
+            }
+            feeds.remove(&membership.filter);
+        }
+    }
+
+    /// Replays the log for one subscription from `start`, then switches it to live. Runs in the
+    /// background; call after the join reply was queued.
+    pub fn replay(
+        self: &Arc<Self>,
+        filter: String,
+        subscription: Arc<TableSubscription>,
+        start: StartAt,
+    ) {
+        let feeds = self.clone();
+        tokio::spawn(async move {
+            let since = match start {
+                StartAt::Time(t) => Some(t),
+                _ => None,
+            };
+            let mut last = 0;
+            match feeds.log.follow(&filter, start).await {
+                Err(e) => subscription.fail(&format!("cannot replay changes: {e}")),
+                Ok(following) if following.pending_at_start == 0 => {}
+                Ok(following) if following.pending_at_start > MAX_REPLAY => {
+                    subscription.fail(&format!(
+                    "cannot replay {} changes (at most {MAX_REPLAY}); resume from a later point",
+                    following.pending_at_start
+                ))
+                }
+                Ok(mut following) => loop {
+                    let Some((changes, error)) = next_batch(&mut following.changes).await else {
+                        break;
+                    };
+                    let caught_up = changes.last().is_some_and(|c| c.pending == 0);
+                    if let Some(change) = changes.last() {
+                        last = change.sequence;
+                    }
+                    feeds
+                        .process(
+                            &changes,
+                            std::slice::from_ref(&subscription),
+                            Mode::Replay,
+                            since,
+                        )
+                        .await;
+                    if let Some(e) = error {
+                        subscription.fail(&format!("the replay stopped: {e}"));
+                        break;
+                    }
+                    if caught_up || changes.iter().any(|c| c.pending == 0) {
+                        break;
+                    }
+                },
+            }
+            subscription.finish_replay(last);
+        });
+    }
+
+    /// Filters, authorizes and delivers one batch of changes to `subscriptions`.
+    async fn process(
+        &self,
+        changes: &[LoggedChange],
+        subscriptions: &[Arc<TableSubscription>],
+        mode: Mode,
+        since: Option<time::OffsetDateTime>,
+    ) {
+        self.metrics.changes_received.inc_by(changes.len() as u64);
+        let events: Vec<Option<ChangeEvent>> = changes
+            .iter()
+            .map(|change| {
+                let event: Option<ChangeEvent> = serde_json::from_slice(&change.payload)
+                    .map_err(|e| tracing::warn!(subject = %change.subject, error = %e, "skipping a change that is not a change event"))
+                    .ok();
+                event.filter(|event| since.is_none_or(|since| committed_at_or_after(event, since)))
+            })
+            .collect();
+
+        // Candidate deliveries: (change index, subscription index, matching binding ids).
+        let mut candidates: Vec<(usize, usize, Vec<u32>)> = Vec::new();
+        for (c, event) in events.iter().enumerate() {
+            let Some(event) = event else { continue };
+            for (s, subscription) in subscriptions.iter().enumerate() {
+                if subscription.failed() {
+                    continue;
+                }
+                let ids = matching_ids(&subscription.bindings, event);
+                if !ids.is_empty() {
+                    candidates.push((c, s, ids));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+
+        // What each table needs: RLS on (or unknown) means check inserts and updates, and
+        // reduce deletes to their key.
+        let mut tables: HashMap<(&str, &str), Option<Arc<TableInfo>>> = HashMap::new();
+        for (c, _, _) in &candidates {
+            let event = events[*c].as_ref().expect("candidates have events");
+            let key = (event.schema.as_str(), event.table.as_str());
+            if !tables.contains_key(&key) {
+                let info = match self.catalog.info(key.0, key.1).await {
+                    Ok(info) => Some(info),
+                    Err(e) => {
+                        tracing::warn!(schema = key.0, table = key.1, error = %e, "cannot tell whether the table has RLS; its rows are withheld");
+                        None
+                    }
+                };
+                tables.insert(key, info);
+            }
+        }
+        let protected = |event: &ChangeEvent| -> bool {
+            tables
+                .get(&(event.schema.as_str(), event.table.as_str()))
+                .is_none_or(|info| info.as_ref().is_none_or(|info| info.rls))
+        };
+
+        // One visibility query per (table, claims) covering every candidate row of the batch.
+        type GroupKey<'a> = (&'a str, &'a str, Arc<str>);
+        let mut groups: HashMap<GroupKey, (Arc<Identity>, Vec<usize>, Vec<usize>)> = HashMap::new();
+        for (index, (c, s, _)) in candidates.iter().enumerate() {
+            let event = events[*c].as_ref().expect("candidates have events");
+            if !matches!(event.operation, EventType::Insert | EventType::Update)
+                || !protected(event)
+            {
+                continue;
+            }
+            let identity = subscriptions[*s].identity();
+            let group = groups
+                .entry((
+                    event.schema.as_str(),
+                    event.table.as_str(),
+                    identity.key.clone(),
+                ))
+                .or_insert_with(|| (identity, Vec::new(), Vec::new()));
+            group.1.push(index);
+            group.2.push(*c);
+        }
+        let mut allowed = vec![true; candidates.len()];
+        let checks = groups
+            .into_iter()
+            .map(|((schema, table, _), (identity, members, rows))| {
+                let info = tables.get(&(schema, table)).cloned().flatten();
+                let events = &events;
+                async move {
+                    let Some(info) = info else {
+                        return (
+                            members,
+                            Err(RlsError::Unavailable("table facts unknown".into())),
+                        );
+                    };
+                    // Distinct rows of this table in the batch, as key text.
+                    let mut keys: Vec<Vec<String>> = Vec::new();
+                    let mut row_of_change: HashMap<usize, usize> = HashMap::new();
+                    for &c in &rows {
+                        if row_of_change.contains_key(&c) {
+                            continue;
+                        }
+                        let event = events[c].as_ref().expect("candidates have events");
+                        row_of_change.insert(c, keys.len());
+                        keys.push(key_text(&info, event.record.as_ref()));
+                    }
+                    self.metrics.rls_queries.inc();
+                    let result = rls::visible(&self.pool, &self.roles, &identity, &info, &keys)
+                        .await
+                        .map(|seen| {
+                            rows.iter()
+                                .map(|c| seen[row_of_change[c]])
+                                .collect::<Vec<bool>>()
+                        });
+                    (members, result)
+                }
+            });
+        for (members, result) in futures::future::join_all(checks).await {
+            match result {
+                Ok(seen) => {
+                    for (index, visible) in members.into_iter().zip(seen) {
+                        if !visible {
+                            allowed[index] = false;
+                            self.metrics.rls_denied_rows.inc();
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = format!("row authorization failed: {e}");
+                    for index in members {
+                        allowed[index] = false;
+                        let (_, s, _) = &candidates[index];
+                        if matches!(e, RlsError::Denied(_) | RlsError::NoPrimaryKey(..)) {
+                            subscriptions[*s].fail(&message);
+                        }
+                    }
+                    if matches!(e, RlsError::Unavailable(_)) {
+                        tracing::warn!(error = %e, "rows withheld: their authorization could not be checked");
+                    }
+                }
+            }
+        }
+
+        // Frames, encoded once per (change, wire format, topic, ids).
+        let mut data: HashMap<usize, Box<RawValue>> = HashMap::new();
+        let mut frames: HashMap<(usize, Vsn, Arc<str>, Vec<u32>), OutFrame> = HashMap::new();
+        for (index, (c, s, ids)) in candidates.into_iter().enumerate() {
+            if !allowed[index] {
+                continue;
+            }
+            let subscription = &subscriptions[s];
+            if subscription.failed() {
+                continue;
+            }
+            let event = events[c].as_ref().expect("candidates have events");
+            let subscriber = &subscription.subscriber;
+            let key = (c, subscriber.vsn, subscriber.topic.clone(), ids);
+            let frame = match frames.get(&key) {
+                Some(frame) => frame.clone(),
+                None => {
+                    let data = data.entry(c).or_insert_with(|| {
+                        client_data(&changes[c].payload, event, protected(event))
+                    });
+                    let payload = format!(
+                        "{{\"ids\":[{}],\"data\":{}}}",
+                        key.3
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        data.get()
+                    );
+                    let payload = RawValue::from_string(payload).expect("ids and data are JSON");
+                    let frame = frame::push(
+                        subscriber.vsn,
+                        None,
+                        &subscriber.topic,
+                        "postgres_changes",
+                        &payload,
+                    );
+                    frames.insert(key, frame.clone());
+                    frame
+                }
+            };
+            self.metrics.change_deliveries.inc();
+            match mode {
+                Mode::Live => subscription.offer(changes[c].sequence, frame),
+                Mode::Replay => {
+                    subscription.subscriber.deliver(frame);
+                }
+            }
+        }
+    }
+
+    /// Feeds running on this gateway.
+    pub fn feed_count(&self) -> usize {
+        self.feeds.lock().expect("feeds lock").len()
+    }
+}
+
+/// Takes the next batch: waits for one change, then takes whatever else is ready (up to
+/// [`MAX_BATCH`]). `None` when the stream ended; an error ends the batch and is returned with it.
+async fn next_batch(
+    changes: &mut nself_realtime_shared::bus::ChangeStream,
+) -> Option<(Vec<LoggedChange>, Option<BusError>)> {
+    let first = changes.next().await?;
+    let mut batch = Vec::new();
+    match first {
+        Ok(change) => batch.push(change),
+        Err(e) => return Some((batch, Some(e))),
+    }
+    while batch.len() < MAX_BATCH {
+        match changes.next().now_or_never() {
+            Some(Some(Ok(change))) => {
+                let caught_up = change.pending == 0;
+                batch.push(change);
+                if caught_up {
+                    break;
+                }
+            }
+            Some(Some(Err(e))) => return Some((batch, Some(e))),
+            Some(None) | None => break,
+        }
+    }
+    Some((batch, None))
+}
+
+/// The ids of the bindings that want this change.
+fn matching_ids(bindings: &[Binding], event: &ChangeEvent) -> Vec<u32> {
+    bindings
+        .iter()
+        .filter(|b| b.events.includes(event.operation))
+        .filter(|b| b.schema.as_deref().is_none_or(|s| s == event.schema))
+        .filter(|b| b.table.as_deref().is_none_or(|t| t == event.table))
+        .filter(|b| match &b.filter {
+            None => true,
+            Some(filter) => {
+                let row = match event.operation {
+                    EventType::Delete => event.old_record.as_ref(),
+                    _ => event.record.as_ref(),
+                };
+                row.is_some_and(|row| filter.matches(&event.columns, row))
+            }
+        })
+        .map(|b| b.id)
+        .collect()
+}
+
+fn committed_at_or_after(event: &ChangeEvent, since: time::OffsetDateTime) -> bool {
+    time::OffsetDateTime::parse(
+        &event.commit_timestamp,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|t| t >= since)
+    .unwrap_or(true)
+}
+
+/// A row's key columns as text, in key order (JSON strings as they are, other values as JSON).
+fn key_text(info: &TableInfo, row: Option<&Row>) -> Vec<String> {
+    info.key
+        .iter()
+        .map(|(name, _)| match row.and_then(|r| r.get(name)) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        })
+        .collect()
+}
+
+/// The `data` realtime-js reads: the change event as the CDC built it (extra fields are
+/// ignored by the client), except that a DELETE on a protected table carries only the key.
+fn client_data(payload: &[u8], event: &ChangeEvent, protected: bool) -> Box<RawValue> {
+    if event.operation == EventType::Delete && protected {
+        let mut reduced = event.clone();
+        reduced.old_record = event.old_record.as_ref().map(|old| {
+            old.iter()
+                .filter(|(name, _)| event.primary_key.contains(name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        });
+        return serde_json::value::to_raw_value(&reduced).expect("events serialize");
+    }
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_string()).ok())
+        .unwrap_or_else(|| serde_json::value::to_raw_value(event).expect("events serialize"))
+}

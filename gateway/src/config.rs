@@ -1,0 +1,53 @@
+//! The gateway's settings, already parsed and validated by the binary (which reads them from
+//! flags and environment variables of DESIGN.md); defaults live here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default `REALTIME_PORT`.
+pub const DEFAULT_PORT: u16 = 4000;
+/// Default `REALTIME_MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `REALTIME_MAX_CHANNELS_PER_CLIENT` (Supabase's default too).
+pub const DEFAULT_MAX_CHANNELS_PER_CLIENT: usize = 100;
+/// Default `REALTIME_MAX_EVENTS_PER_SECOND`: broadcasts, presence updates and other client
+/// messages one connection may send per second.
+pub const DEFAULT_MAX_EVENTS_PER_SECOND: u32 = 100;
+/// Default `REALTIME_MAX_FRAME_BYTES`: the largest WebSocket message accepted (1 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Default `REALTIME_HEARTBEAT_INTERVAL`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `REALTIME_DB_POOL_SIZE`: Postgres connections for authorization queries.
+pub const DEFAULT_DB_POOL_SIZE: usize = 8;
+/// Frames one connection may have queued before it is closed as too slow.
+pub const DEFAULT_SEND_QUEUE: usize = 1024;
+
+/// Everything a gateway needs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub database: tokio_postgres::Config,
+    pub db_pool_size: usize,
+    /// `REALTIME_DB_ROLES`: roles a token's `role` claim may name.
+    pub db_roles: Vec<String>,
+    pub allow_anonymous: bool,
+    /// `REALTIME_REQUIRE_CHANNELS`: refuse topics without a `realtime.channels` row.
+    pub require_channels: bool,
+    pub max_connections: usize,
+    pub max_channels_per_client: usize,
+    pub max_events_per_second: u32,
+    pub max_frame_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub send_queue: usize,
+    /// `REALTIME_CORS_ORIGIN`: `*`, a comma list of origins, or none.
+    pub cors_origin: Option<String>,
+}
+
+impl GatewayConfig {
+    /// A socket with no message for this long is closed. realtime-js heartbeats every 25 s; the
+    /// limit never drops below 60 s so a short `REALTIME_HEARTBEAT_INTERVAL` (which speeds up
+    /// presence expiry) does not cut off clients with the default heartbeat.
+    pub fn idle_timeout(&self) -> Duration {
+        (self.heartbeat_interval * 2).max(Duration::from_secs(60))
+    }
+}

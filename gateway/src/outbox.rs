@@ -1,0 +1,115 @@
+//! A connection's outbound queue: what every producer (replies, broadcasts, presence, changes)
+//! hands frames to, and what the connection's writer task drains onto the socket.
+//!
+//! The queue is bounded. A producer never waits on it: a full queue means the client does not
+//! read fast enough, and the connection is kicked (closed with a reason) instead of slowing the
+//! fanout for everyone else or growing memory without bound.
+
+use crate::phoenix::frame::OutFrame;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Notify};
+
+/// Process-unique connection id.
+pub type ConnId = u64;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a connection is being closed by the server: a WebSocket close code and a reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The sending side of one connection, shared by everything that pushes to it.
+pub struct Outbox {
+    pub id: ConnId,
+    sender: mpsc::Sender<OutFrame>,
+    kicked: AtomicBool,
+    kick: Mutex<Option<Kick>>,
+    kick_signal: Notify,
+}
+
+/// The receiving side, owned by the connection's writer task.
+pub struct OutboxReceiver {
+    pub frames: mpsc::Receiver<OutFrame>,
+    outbox: Arc<Outbox>,
+}
+
+impl Outbox {
+    /// A new connection's queue of at most `capacity` frames.
+    pub fn new(capacity: usize) -> (Arc<Outbox>, OutboxReceiver) {
+        let (sender, frames) = mpsc::channel(capacity.max(1));
+        let outbox = Arc::new(Outbox {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            sender,
+            kicked: AtomicBool::new(false),
+            kick: Mutex::new(None),
+            kick_signal: Notify::new(),
+        });
+        let receiver = OutboxReceiver {
+            frames,
+            outbox: outbox.clone(),
+        };
+        (outbox, receiver)
+    }
+
+    /// Queues a frame. Returns false when the connection is gone or was kicked; a full queue
+    /// kicks the connection (close 1008, "too slow").
+    pub fn send(&self, frame: OutFrame) -> bool {
+        if self.kicked.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.sender.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(Kick {
+                    code: 1008,
+                    reason: "too slow: the client did not read its messages fast enough".into(),
+                });
+                false
+            }
+        }
+    }
+
+    /// Asks the writer to close the connection with `kick` after what is already queued. The
+    /// first kick wins.
+    pub fn kick(&self, kick: Kick) {
+        if self.kicked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *self.kick.lock().expect("kick lock") = Some(kick);
+        self.kick_signal.notify_one();
+    }
+
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection's writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl OutboxReceiver {
+    /// The outbox this receiver drains.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.clone()
+    }
+}
+
+impl Outbox {
+    /// Waits for a kick; returns it.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            let signal = self.kick_signal.notified();
+            if let Some(kick) = self.kick.lock().expect("kick lock").clone() {
+                return kick;
+            }
+            signal.await;
+        }
+    }
+}

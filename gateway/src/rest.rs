@@ -1,0 +1,233 @@
+//! REST broadcast: `POST /api/broadcast` with `{"messages": [{topic, event, payload, private}]}`
+//! (realtime-js `send` before subscribing), and `POST /api/broadcast/{topic}/events/{event}`
+//! with the payload as the body (realtime-js `httpSend`, JSON or binary).
+//!
+//! The token (`Authorization: Bearer`, else `apikey`) is verified; `service_role` may send
+//! anywhere, any other role where its channel authorization lets it send. Messages go out on the
+//! same broker subjects as socket broadcasts, so subscribers on every gateway receive them.
+
+use crate::auth::channel_access;
+use crate::auth::identity::Identity;
+use crate::broadcast::Envelope;
+use crate::phoenix::frame::BroadcastPayload;
+use crate::server::{refusal, request_token};
+use crate::state::Gateway;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Most messages in one batch request.
+const MAX_MESSAGES: usize = 100;
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    private: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    messages: Vec<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OneParams {
+    #[serde(default)]
+    private: Option<String>,
+}
+
+fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Response> {
+    let token = request_token(headers, None).ok_or_else(|| {
+        refusal(
+            StatusCode::UNAUTHORIZED,
+            "missing token: send `Authorization: Bearer <jwt>` or an `apikey` header",
+        )
+    })?;
+    let claims = gateway
+        .verifier
+        .verify(token)
+        .map_err(|e| refusal(StatusCode::UNAUTHORIZED, format!("invalid token: {e}")))?;
+    Ok(Identity::new(claims))
+}
+
+/// Whether `identity` may send to `topic`.
+async fn may_send(
+    gateway: &Gateway,
+    identity: &Identity,
+    topic: &str,
+    private: bool,
+) -> Result<(), Response> {
+    if identity.claims.role() == Some("service_role") {
+        return Ok(());
+    }
+    let mut client = gateway.pool.get().await.map_err(|e| {
+        refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("authorization is unavailable: {e}"),
+        )
+    })?;
+    let access = channel_access::authorize(
+        &mut client,
+        &identity.claims,
+        &gateway.roles,
+        topic,
+        private,
+        gateway.config.require_channels,
+    )
+    .await
+    .map_err(|e| refusal(StatusCode::FORBIDDEN, e.to_string()))?;
+    if access.allowed && access.can_send {
+        Ok(())
+    } else {
+        Err(refusal(
+            StatusCode::FORBIDDEN,
+            access
+                .reason
+                .unwrap_or_else(|| format!("Unauthorized: you may not send to channel {topic}")),
+        ))
+    }
+}
+
+fn valid_name(what: &str, name: &str) -> Result<(), Response> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be 1 to 255 bytes"),
+        ));
+    }
+    Ok(())
+}
+
+async fn publish(gateway: &Gateway, topic: &str, envelope: &Envelope) -> Result<(), Response> {
+    gateway
+        .broadcasts
+        .publish(topic, envelope)
+        .await
+        .map_err(|e| {
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("broadcast failed: {e}"),
+            )
+        })
+}
+
+/// `POST /api/broadcast`: a batch of messages.
+pub async fn broadcast_batch(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let identity = match authenticate(&gateway, &headers) {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    if body.len() > gateway.config.max_frame_bytes {
+        return refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large (REALTIME_MAX_FRAME_BYTES)",
+        );
+    }
+    let batch: Batch = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"messages\": [{{\"topic\", \"event\", \"payload\", \"private\"}}]}}: {e}"),
+            )
+        }
+    };
+    if batch.messages.len() > MAX_MESSAGES {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_MESSAGES} messages per request"),
+        );
+    }
+    for message in &batch.messages {
+        if let Err(response) =
+            valid_name("topic", &message.topic).and(valid_name("event", &message.event))
+        {
+            return response;
+        }
+        if let Err(response) = may_send(&gateway, &identity, &message.topic, message.private).await
+        {
+            return response;
+        }
+    }
+    for message in batch.messages {
+        let envelope = Envelope {
+            from: None,
+            event: message.event,
+            payload: BroadcastPayload::Json(
+                serde_json::to_vec(&message.payload)
+                    .expect("JSON serializes")
+                    .into(),
+            ),
+            meta: None,
+        };
+        if let Err(response) = publish(&gateway, &message.topic, &envelope).await {
+            return response;
+        }
+    }
+    (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+}
+
+/// `POST /api/broadcast/{topic}/events/{event}`: one message whose body is the payload.
+pub async fn broadcast_one(
+    State(gateway): State<Arc<Gateway>>,
+    Path((topic, event)): Path<(String, String)>,
+    Query(params): Query<OneParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let identity = match authenticate(&gateway, &headers) {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    if let Err(response) = valid_name("topic", &topic).and(valid_name("event", &event)) {
+        return response;
+    }
+    if body.len() > gateway.config.max_frame_bytes {
+        return refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large (REALTIME_MAX_FRAME_BYTES)",
+        );
+    }
+    let private = params.private.as_deref() == Some("true");
+    if let Err(response) = may_send(&gateway, &identity, &topic, private).await {
+        return response;
+    }
+    let binary = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
+    let payload = if binary {
+        BroadcastPayload::Binary(body)
+    } else {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "the body must be JSON (or Content-Type: application/octet-stream)",
+            );
+        }
+        BroadcastPayload::Json(body)
+    };
+    let envelope = Envelope {
+        from: None,
+        event,
+        payload,
+        meta: None,
+    };
+    match publish(&gateway, &topic, &envelope).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,215 @@
+//! The HTTP server: the endpoints of DESIGN.md on one axum router, and graceful shutdown.
+//!
+//! | endpoint | what |
+//! | --- | --- |
+//! | `GET /realtime/v1/websocket`, `GET /socket/websocket` | Phoenix WebSocket (realtime-js) |
+//! | `POST /realtime/v1/api/broadcast`, `POST /api/broadcast` | REST broadcast |
+//! | `POST …/api/broadcast/{topic}/events/{event}` | realtime-js `httpSend` |
+//! | `GET /health`, `GET /metrics` | health JSON, Prometheus text |
+//!
+//! Handlers are thin: they authenticate and hand over to [`crate::phoenix`] or
+//! [`crate::rest`].
+
+use crate::auth::identity::Identity;
+use crate::phoenix::{self, frame::Vsn};
+use crate::rest;
+use crate::state::Gateway;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+/// The router of every endpoint.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let mut router = Router::new()
+        .route("/realtime/v1/websocket", get(websocket))
+        .route("/socket/websocket", get(websocket))
+        .route("/realtime/v1/api/broadcast", post(rest::broadcast_batch))
+        .route("/api/broadcast", post(rest::broadcast_batch))
+        .route(
+            "/realtime/v1/api/broadcast/{topic}/events/{event}",
+            post(rest::broadcast_one),
+        )
+        .route(
+            "/api/broadcast/{topic}/events/{event}",
+            post(rest::broadcast_one),
+        )
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
+    if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
+        router = router.layer(cors);
+    }
+    router.with_state(gateway)
+}
+
+fn cors_layer(origin: Option<&str>) -> Option<CorsLayer> {
+    let origin = origin?.trim();
+    let allow = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        let origins: Vec<HeaderValue> = nself_realtime_shared::config::comma_list(origin)
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        AllowOrigin::list(origins)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(Any),
+    )
+}
+
+/// Serves until `shutdown` resolves, then closes every socket with 1001, removes this
+/// gateway's presence and stops.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(gateway.clone());
+    let closing = gateway.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            closing.begin_shutdown();
+        })
+        .await;
+    // Connections close themselves on the shutdown signal; give them a moment to say goodbye.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gateway.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.presences.untrack_all().await;
+    result
+}
+
+#[derive(Debug, Deserialize)]
+struct SocketParams {
+    apikey: Option<String>,
+    vsn: Option<String>,
+}
+
+/// The token a request carries: `Authorization: Bearer`, else the `apikey` header, else the
+/// `apikey` query parameter.
+pub fn request_token<'a>(headers: &'a HeaderMap, query_apikey: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))
+        .or(query_apikey)
+        .filter(|t| !t.is_empty())
+}
+
+/// The JSON error body of a refused request.
+pub fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn websocket(
+    State(gateway): State<Arc<Gateway>>,
+    Query(params): Query<SocketParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let vsn = match Vsn::parse(params.vsn.as_deref()) {
+        Ok(vsn) => vsn,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let identity = match request_token(&headers, params.apikey.as_deref()) {
+        Some(token) => match gateway.verifier.verify(token) {
+            Ok(claims) => Some(Arc::new(Identity::new(claims))),
+            Err(e) => return refusal(StatusCode::UNAUTHORIZED, format!("invalid apikey: {e}")),
+        },
+        None if gateway.config.allow_anonymous => Some(Arc::new(Identity::anonymous())),
+        None => {
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "missing apikey: pass ?apikey=<jwt> (or set REALTIME_ALLOW_ANONYMOUS=true)",
+            )
+        }
+    };
+    let config = &gateway.config;
+    let upgrade = upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes);
+    let slot = gateway.admit();
+    upgrade.on_upgrade(move |socket| async move {
+        match slot {
+            Some(slot) => phoenix::connection::run(socket, gateway, slot, vsn, identity).await,
+            None => {
+                phoenix::connection::refuse(
+                    socket,
+                    1013,
+                    format!(
+                        "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
+                        gateway.config.max_connections
+                    ),
+                )
+                .await
+            }
+        }
+    })
+}
+
+async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    let postgres = tokio::time::timeout(Duration::from_secs(2), async {
+        let client = gateway.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some();
+    let status = if postgres { "ok" } else { "degraded" };
+    let body = json!({
+        "status": status,
+        "role": "gateway",
+        "gateway_id": format!("{:016x}", gateway.id),
+        "connections": gateway.connection_count(),
+        "max_connections": gateway.config.max_connections,
+        "postgres": { "connected": postgres },
+        "channels": gateway.broadcasts.topic_count(),
+        "change_feeds": gateway.feeds.feed_count(),
+        "uptime_seconds": gateway.started.elapsed().as_secs(),
+    });
+    let code = if postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let metrics = &gateway.metrics;
+    metrics
+        .connections_active
+        .set(gateway.connection_count() as i64);
+    metrics
+        .broadcast_topics
+        .set(gateway.broadcasts.topic_count() as i64);
+    metrics.change_feeds.set(gateway.feeds.feed_count() as i64);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics.encode(),
+    )
+        .into_response()
+}

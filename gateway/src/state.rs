@@ -1,0 +1,120 @@
+//! The gateway's shared state: configuration, token verification, the Postgres pool, and the
+//! three relays (broadcast rooms, presence topics, table feeds) over the chosen bus backends.
+//! Handlers receive it as `Arc<Gateway>`.
+
+use crate::auth::session::AllowedRoles;
+use crate::broadcast::Broadcasts;
+use crate::changes::feed::ChangeFeeds;
+use crate::config::GatewayConfig;
+use crate::db::Pool;
+use crate::metrics::Metrics;
+use crate::presence::{PresenceTiming, Presences};
+use nself_realtime_shared::bus::{Broker, ChangeLog, PresenceStore};
+use nself_realtime_shared::jwt::Verifier;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The bus backends a gateway runs on: NATS for a cluster, in-process for `up`.
+#[derive(Clone)]
+pub struct Backends {
+    pub broker: Arc<dyn Broker>,
+    pub changes: Arc<dyn ChangeLog>,
+    pub presence: Arc<dyn PresenceStore>,
+}
+
+/// Shared by every connection and handler.
+pub struct Gateway {
+    pub id: u64,
+    pub config: GatewayConfig,
+    pub verifier: Verifier,
+    pub roles: Arc<AllowedRoles>,
+    pub pool: Pool,
+    pub broadcasts: Arc<Broadcasts>,
+    pub presences: Arc<Presences>,
+    pub feeds: Arc<ChangeFeeds>,
+    pub metrics: Arc<Metrics>,
+    connections: AtomicUsize,
+    pub started: Instant,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A counted connection slot; released when dropped.
+pub struct ConnectionSlot {
+    gateway: Arc<Gateway>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.gateway.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        verifier: Verifier,
+        roles: AllowedRoles,
+        backends: Backends,
+    ) -> Arc<Gateway> {
+        let id = rand::random::<u64>();
+        let pool = Pool::new(config.database.clone(), config.db_pool_size);
+        let roles = Arc::new(roles);
+        let timing = PresenceTiming::from_heartbeat(config.heartbeat_interval);
+        let (shutdown, _) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(Gateway {
+            id,
+            broadcasts: Arc::new(Broadcasts::new(backends.broker, id)),
+            presences: Presences::start(backends.presence, id, timing),
+            feeds: ChangeFeeds::new(
+                backends.changes,
+                pool.clone(),
+                roles.clone(),
+                metrics.clone(),
+            ),
+            config,
+            verifier,
+            roles,
+            pool,
+            metrics,
+            connections: AtomicUsize::new(0),
+            started: Instant::now(),
+            shutdown,
+        })
+    }
+
+    /// Takes a connection slot, or `None` at `REALTIME_MAX_CONNECTIONS`.
+    pub fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            self.metrics.connections_total.inc();
+            Some(ConnectionSlot {
+                gateway: self.clone(),
+            })
+        } else {
+            self.metrics.connections_refused.inc();
+            None
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Tells every connection to close (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}

@@ -1,0 +1,101 @@
+//! One joined channel of one connection, as the fanout sees it.
+//!
+//! Broadcast rooms, presence topics and table feeds hold `Arc<Subscriber>`s and hand them
+//! frames. A subscriber starts *gated*: frames are held until the join reply has been queued
+//! (the client ignores a channel's messages before it has the reply, so anything delivered
+//! earlier would be lost), then the gate opens and the held frames follow in order. This is what
+//! lets the gateway register interest *before* it replies, so that "SUBSCRIBED" means live.
+
+use crate::outbox::{ConnId, Outbox};
+use crate::phoenix::frame::{OutFrame, Vsn};
+use std::sync::{Arc, Mutex};
+
+/// Most frames held for a subscriber whose join reply is not out yet.
+const GATE_LIMIT: usize = 4096;
+
+enum Gate {
+    Held(Vec<OutFrame>),
+    Open,
+    Closed,
+}
+
+/// One joined channel of one connection.
+pub struct Subscriber {
+    pub outbox: Arc<Outbox>,
+    pub vsn: Vsn,
+    /// The channel topic as the client wrote it (`realtime:room1`).
+    pub topic: Arc<str>,
+    /// The join's ref: frames only for this join instance carry it.
+    pub join_ref: Option<String>,
+    gate: Mutex<Gate>,
+}
+
+impl Subscriber {
+    /// A gated subscriber (see the module docs).
+    pub fn new(
+        outbox: Arc<Outbox>,
+        vsn: Vsn,
+        topic: Arc<str>,
+        join_ref: Option<String>,
+    ) -> Subscriber {
+        Subscriber {
+            outbox,
+            vsn,
+            topic,
+            join_ref,
+            gate: Mutex::new(Gate::Held(Vec::new())),
+        }
+    }
+
+    pub fn conn_id(&self) -> ConnId {
+        self.outbox.id
+    }
+
+    /// Delivers a frame, or holds it while the gate is shut. Returns false once the subscriber
+    /// is closed or its connection is gone.
+    pub fn deliver(&self, frame: OutFrame) -> bool {
+        let mut gate = self.gate.lock().expect("gate lock");
+        match &mut *gate {
+            Gate::Open => {
+                drop(gate);
+                self.outbox.send(frame)
+            }
+            Gate::Held(held) if held.len() < GATE_LIMIT => {
+                held.push(frame);
+                true
+            }
+            Gate::Held(_) => {
+                drop(gate);
+                self.outbox.kick(crate::outbox::Kick {
+                    code: 1008,
+                    reason: "too slow: too many messages arrived while the channel was joining"
+                        .into(),
+                });
+                false
+            }
+            Gate::Closed => false,
+        }
+    }
+
+    /// Opens the gate: held frames go out in order, later ones directly. Call right after the
+    /// join reply was queued.
+    pub fn open(&self) {
+        let mut gate = self.gate.lock().expect("gate lock");
+        if let Gate::Held(held) = std::mem::replace(&mut *gate, Gate::Open) {
+            for frame in held {
+                if !self.outbox.send(frame) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops every delivery (the channel was left or closed).
+    pub fn close(&self) {
+        *self.gate.lock().expect("gate lock") = Gate::Closed;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.gate.lock().expect("gate lock"), Gate::Closed) || self.outbox.is_closed()
+    }
+}

@@ -1,0 +1,52 @@
+//! Runs the real JavaScript clients of `tests/js/` (supabase-js pinned in its package.json)
+//! against a whole stack: private Postgres and NATS, the CDC and two gateways. The stack's
+//! addresses and tokens reach the JS tests through environment variables; node's test runner
+//! reports each case, and this test fails if any of them does.
+
+use realtime_tests::{token, Stack};
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+#[tokio::test]
+async fn supabase_js_against_two_gateways() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/@supabase/supabase-js").exists(),
+        "tests/js has no node_modules: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    let stack = Stack::start(2, &[]).await;
+    let tokens = json!({
+        "alice": token(json!({"role": "authenticated", "sub": "alice"})),
+        "bob": token(json!({"role": "authenticated", "sub": "bob"})),
+        "expired": token(json!({"role": "authenticated", "sub": "alice", "exp": 1_000_000_000u64})),
+        "forged": nself_realtime_shared::jwt::mint_hs256(
+            "not-the-secret-not-the-secret-not-the-secret",
+            json!({"role": "authenticated", "sub": "alice", "exp": 4_000_000_000u64}).as_object().unwrap(),
+        ),
+    });
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+            .current_dir(&js)
+            .env("GATEWAY_A", stack.gateways[0].http_url())
+            .env("GATEWAY_B", stack.gateways[1].http_url())
+            .env("DATABASE_URL", &stack.db.url)
+            .env("ANON_KEY", token(json!({"role": "anon"})))
+            .env("SERVICE_KEY", token(json!({"role": "service_role"})))
+            .env("TOKENS", tokens.to_string())
+            .output()
+            .map(|output| (output, stack))
+    })
+    .await
+    .unwrap();
+    let (output, stack) = output.expect("run node (install Node.js: scripts/test does)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        for (n, gateway) in stack.gateways.iter().enumerate() {
+            eprintln!("--- gateway {n} log ---\n{}", gateway.log());
+        }
+        panic!("the JS client tests failed");
+    }
+}
