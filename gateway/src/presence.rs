@@ -195,6 +195,7 @@ impl Presences {
             let mut synced_tx = Some(synced_tx);
             while let Some(change) = changes.next().await {
                 let Some(topic) = weak.upgrade() else { break };
+                tracing::trace!(topic = %topic.name, ?change, "presence change");
                 match change {
                     Ok(PresenceChange::Synced) => {
                         if let Some(tx) = synced_tx.take() {

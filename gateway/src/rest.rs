@@ -10,7 +10,7 @@ use crate::auth::channel_access;
 use crate::auth::identity::Identity;
 use crate::broadcast::Envelope;
 use crate::phoenix::frame::BroadcastPayload;
-use crate::server::{refusal, request_token};
+use crate::server::{refusal, request_token, Refusal};
 use crate::state::Gateway;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -45,7 +45,7 @@ pub struct OneParams {
     private: Option<String>,
 }
 
-fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Response> {
+fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Refusal> {
     let token = request_token(headers, None).ok_or_else(|| {
         refusal(
             StatusCode::UNAUTHORIZED,
@@ -65,7 +65,7 @@ async fn may_send(
     identity: &Identity,
     topic: &str,
     private: bool,
-) -> Result<(), Response> {
+) -> Result<(), Refusal> {
     if identity.claims.role() == Some("service_role") {
         return Ok(());
     }
@@ -97,7 +97,7 @@ async fn may_send(
     }
 }
 
-fn valid_name(what: &str, name: &str) -> Result<(), Response> {
+fn valid_name(what: &str, name: &str) -> Result<(), Refusal> {
     if name.is_empty() || name.len() > 255 {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
@@ -107,7 +107,7 @@ fn valid_name(what: &str, name: &str) -> Result<(), Response> {
     Ok(())
 }
 
-async fn publish(gateway: &Gateway, topic: &str, envelope: &Envelope) -> Result<(), Response> {
+async fn publish(gateway: &Gateway, topic: &str, envelope: &Envelope) -> Result<(), Refusal> {
     gateway
         .broadcasts
         .publish(topic, envelope)
@@ -125,42 +125,33 @@ pub async fn broadcast_batch(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let identity = match authenticate(&gateway, &headers) {
-        Ok(identity) => identity,
-        Err(response) => return response,
-    };
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&gateway, &headers)?;
     if body.len() > gateway.config.max_frame_bytes {
-        return refusal(
+        return Err(refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large (REALTIME_MAX_FRAME_BYTES)",
-        );
+        ));
     }
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(e) => {
-            return refusal(
+            return Err(refusal(
                 StatusCode::BAD_REQUEST,
                 format!("expected {{\"messages\": [{{\"topic\", \"event\", \"payload\", \"private\"}}]}}: {e}"),
-            )
+            ))
         }
     };
     if batch.messages.len() > MAX_MESSAGES {
-        return refusal(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             format!("at most {MAX_MESSAGES} messages per request"),
-        );
+        ));
     }
     for message in &batch.messages {
-        if let Err(response) =
-            valid_name("topic", &message.topic).and(valid_name("event", &message.event))
-        {
-            return response;
-        }
-        if let Err(response) = may_send(&gateway, &identity, &message.topic, message.private).await
-        {
-            return response;
-        }
+        valid_name("topic", &message.topic)?;
+        valid_name("event", &message.event)?;
+        may_send(&gateway, &identity, &message.topic, message.private).await?;
     }
     for message in batch.messages {
         let envelope = Envelope {
@@ -173,11 +164,9 @@ pub async fn broadcast_batch(
             ),
             meta: None,
         };
-        if let Err(response) = publish(&gateway, &message.topic, &envelope).await {
-            return response;
-        }
+        publish(&gateway, &message.topic, &envelope).await?;
     }
-    (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 
 /// `POST /api/broadcast/{topic}/events/{event}`: one message whose body is the payload.
@@ -187,24 +176,18 @@ pub async fn broadcast_one(
     Query(params): Query<OneParams>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let identity = match authenticate(&gateway, &headers) {
-        Ok(identity) => identity,
-        Err(response) => return response,
-    };
-    if let Err(response) = valid_name("topic", &topic).and(valid_name("event", &event)) {
-        return response;
-    }
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&gateway, &headers)?;
+    valid_name("topic", &topic)?;
+    valid_name("event", &event)?;
     if body.len() > gateway.config.max_frame_bytes {
-        return refusal(
+        return Err(refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large (REALTIME_MAX_FRAME_BYTES)",
-        );
+        ));
     }
     let private = params.private.as_deref() == Some("true");
-    if let Err(response) = may_send(&gateway, &identity, &topic, private).await {
-        return response;
-    }
+    may_send(&gateway, &identity, &topic, private).await?;
     let binary = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -213,10 +196,10 @@ pub async fn broadcast_one(
         BroadcastPayload::Binary(body)
     } else {
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            return refusal(
+            return Err(refusal(
                 StatusCode::BAD_REQUEST,
                 "the body must be JSON (or Content-Type: application/octet-stream)",
-            );
+            ));
         }
         BroadcastPayload::Json(body)
     };
@@ -226,8 +209,6 @@ pub async fn broadcast_one(
         payload,
         meta: None,
     };
-    match publish(&gateway, &topic, &envelope).await {
-        Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
-        Err(response) => response,
-    }
+    publish(&gateway, &topic, &envelope).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }

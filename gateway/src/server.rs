@@ -116,9 +116,25 @@ pub fn request_token<'a>(headers: &'a HeaderMap, query_apikey: Option<&'a str>) 
         .filter(|t| !t.is_empty())
 }
 
-/// The JSON error body of a refused request.
-pub fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// A refused request: its status and the message of its JSON body `{"error": ...}`.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Refuse a request with `status` and `message`.
+pub fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
 }
 
 async fn websocket(
@@ -126,22 +142,25 @@ async fn websocket(
     Query(params): Query<SocketParams>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
-) -> Response {
-    let vsn = match Vsn::parse(params.vsn.as_deref()) {
-        Ok(vsn) => vsn,
-        Err(e) => return refusal(StatusCode::BAD_REQUEST, e.to_string()),
-    };
+) -> Result<Response, Refusal> {
+    let vsn = Vsn::parse(params.vsn.as_deref())
+        .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
     let identity = match request_token(&headers, params.apikey.as_deref()) {
         Some(token) => match gateway.verifier.verify(token) {
             Ok(claims) => Some(Arc::new(Identity::new(claims))),
-            Err(e) => return refusal(StatusCode::UNAUTHORIZED, format!("invalid apikey: {e}")),
+            Err(e) => {
+                return Err(refusal(
+                    StatusCode::UNAUTHORIZED,
+                    format!("invalid apikey: {e}"),
+                ))
+            }
         },
         None if gateway.config.allow_anonymous => Some(Arc::new(Identity::anonymous())),
         None => {
-            return refusal(
+            return Err(refusal(
                 StatusCode::UNAUTHORIZED,
                 "missing apikey: pass ?apikey=<jwt> (or set REALTIME_ALLOW_ANONYMOUS=true)",
-            )
+            ))
         }
     };
     let config = &gateway.config;
@@ -151,7 +170,7 @@ async fn websocket(
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes);
     let slot = gateway.admit();
-    upgrade.on_upgrade(move |socket| async move {
+    Ok(upgrade.on_upgrade(move |socket| async move {
         match slot {
             Some(slot) => phoenix::connection::run(socket, gateway, slot, vsn, identity).await,
             None => {
@@ -166,7 +185,7 @@ async fn websocket(
                 .await
             }
         }
-    })
+    }))
 }
 
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {

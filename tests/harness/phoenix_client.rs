@@ -48,6 +48,9 @@ pub struct PhoenixClient {
         Message,
     >,
     received: mpsc::UnboundedReceiver<Received>,
+    /// Frames that arrived while [`PhoenixClient::reply_to`] waited for a reply: a push may
+    /// overtake the reply to the request that caused it, and must still be seen afterwards.
+    overtaken: std::collections::VecDeque<Frame>,
     next_ref: u64,
 }
 
@@ -166,6 +169,7 @@ impl PhoenixClient {
             vsn,
             sink,
             received,
+            overtaken: Default::default(),
             next_ref: 1,
         })
     }
@@ -243,12 +247,23 @@ impl PhoenixClient {
         (join_ref, reply)
     }
 
-    /// Waits for the `phx_reply` to `ref_`.
+    /// Waits for the `phx_reply` to `ref_`; the frames before it stay for the next `expect`.
     pub async fn reply_to(&mut self, ref_: &str) -> Value {
-        let wanted = ref_.to_string();
-        self.expect(|f| f.event == "phx_reply" && f.ref_.as_deref() == Some(&wanted))
-            .await
-            .payload
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.received.recv()).await {
+                Ok(Some(Received::Frame(frame)))
+                    if frame.event == "phx_reply" && frame.ref_.as_deref() == Some(ref_) =>
+                {
+                    return frame.payload
+                }
+                Ok(Some(Received::Frame(frame))) => self.overtaken.push_back(frame),
+                Ok(Some(Received::Closed(closed))) => {
+                    panic!("connection closed while waiting for reply {ref_}: {closed:?}")
+                }
+                Ok(None) | Err(_) => panic!("no reply to {ref_} within 10 s"),
+            }
+        }
     }
 
     /// The next frame matching `wanted` (others are dropped); panics after 10 s.
@@ -264,6 +279,11 @@ impl PhoenixClient {
         limit: Duration,
         wanted: impl Fn(&Frame) -> bool,
     ) -> Option<Frame> {
+        while let Some(frame) = self.overtaken.pop_front() {
+            if wanted(&frame) {
+                return Some(frame);
+            }
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.received.recv()).await {
@@ -279,7 +299,7 @@ impl PhoenixClient {
 
     /// Every frame received within `limit` (to check that nothing unexpected arrives).
     pub async fn drain(&mut self, limit: Duration) -> Vec<Frame> {
-        let mut frames = Vec::new();
+        let mut frames: Vec<Frame> = self.overtaken.drain(..).collect();
         let deadline = tokio::time::Instant::now() + limit;
         while let Ok(Some(Received::Frame(frame))) =
             tokio::time::timeout_at(deadline, self.received.recv()).await

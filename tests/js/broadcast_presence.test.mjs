@@ -81,8 +81,15 @@ test('forged and expired tokens are refused', async () => {
   for (const bad of [tokens.forged, tokens.expired]) {
     const status = await new Promise((resolve) => {
       const socket = new WebSocket(`${GATEWAYS[0].replace('http', 'ws')}/realtime/v1/websocket?apikey=${bad}&vsn=1.0.0`)
-      socket.on('unexpected-response', (_req, res) => resolve(res.statusCode))
-      socket.on('open', () => resolve('open'))
+      // ws leaves the refused request open when this event has a listener: destroy it.
+      socket.on('unexpected-response', (req, res) => {
+        resolve(res.statusCode)
+        req.destroy()
+      })
+      socket.on('open', () => {
+        resolve('open')
+        socket.terminate()
+      })
       socket.on('error', () => {})
     })
     assert.equal(status, 401)

@@ -20,10 +20,16 @@ const clients = []
 
 // A supabase-js client on gateway `index` acting with `token` (the user's JWT), speaking `vsn`.
 // Node 20 has no global WebSocket, so ws's class is passed as the transport (DESIGN.md).
+//
+// The `accessToken` option keeps the token on every heartbeat's refresh, but it resolves only
+// after the current tick: a channel subscribed right after `createClient` would join with the
+// apikey's role (realtime-js evaluates the join payload when `subscribe()` is called), against
+// Supabase as against us. `realtime.setAuth(token)` takes effect at once.
 export function supabase({ gateway = 0, token, vsn = '2.0.0', apikey = ANON_KEY } = {}) {
   const options = { realtime: { transport: WebSocket, vsn, heartbeatIntervalMs: 5000 } }
   if (token) options.accessToken = async () => token
   const client = createClient(GATEWAYS[gateway], apikey, options)
+  if (token) client.realtime.setAuth(token)
   clients.push(client)
   return client
 }

@@ -27,7 +27,12 @@ async fn supabase_js_against_two_gateways() {
     });
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+            .args([
+                "--test",
+                "--test-concurrency=1",
+                "--test-timeout=120000",
+                "--test-reporter=spec",
+            ])
             .current_dir(&js)
             .env("GATEWAY_A", stack.gateways[0].http_url())
             .env("GATEWAY_B", stack.gateways[1].http_url())

@@ -415,7 +415,7 @@ impl ChangeFeeds {
         for (c, _, _) in &candidates {
             let event = events[*c].as_ref().expect("candidates have events");
             let key = (event.schema.as_str(), event.table.as_str());
-            if !tables.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(key) {
                 let info = match self.catalog.info(key.0, key.1).await {
                     Ok(info) => Some(info),
                     Err(e) => {
@@ -423,7 +423,7 @@ impl ChangeFeeds {
                         None
                     }
                 };
-                tables.insert(key, info);
+                slot.insert(info);
             }
         }
         let protected = |event: &ChangeEvent| -> bool {
@@ -433,8 +433,10 @@ impl ChangeFeeds {
         };
 
         // One visibility query per (table, claims) covering every candidate row of the batch.
-        type GroupKey<'a> = (&'a str, &'a str, Arc<str>);
-        let mut groups: HashMap<GroupKey, (Arc<Identity>, Vec<usize>, Vec<usize>)> = HashMap::new();
+        /// (schema, table, claims key) → (identity, candidate indexes, event indexes).
+        type Groups<'a> =
+            HashMap<(&'a str, &'a str, Arc<str>), (Arc<Identity>, Vec<usize>, Vec<usize>)>;
+        let mut groups: Groups = HashMap::new();
         for (index, (c, s, _)) in candidates.iter().enumerate() {
             let event = events[*c].as_ref().expect("candidates have events");
             if !matches!(event.operation, EventType::Insert | EventType::Update)

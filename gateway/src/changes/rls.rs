@@ -54,10 +54,13 @@ pub enum RlsError {
     Unavailable(String),
 }
 
+/// (schema, table) → the facts and when they were read.
+type CatalogCache = HashMap<(String, String), (Arc<TableInfo>, Instant)>;
+
 /// Cached [`TableInfo`]s.
 pub struct TableCatalog {
     pool: Pool,
-    cache: Mutex<HashMap<(String, String), (Arc<TableInfo>, Instant)>>,
+    cache: Mutex<CatalogCache>,
 }
 
 impl TableCatalog {

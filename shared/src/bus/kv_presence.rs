@@ -7,8 +7,8 @@
 
 use super::{BusError, PresenceChange, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
 use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
-use async_nats::jetstream::kv::{Config, Store};
-use async_nats::jetstream::stream::StorageType;
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,23 +34,35 @@ impl KvPresence {
         max_age: Duration,
         replicas: usize,
     ) -> Result<KvPresence, BusError> {
-        let store = match js.get_key_value(PRESENCE_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_key_value(Config {
-                    bucket: PRESENCE_BUCKET.to_string(),
-                    description: "nself-realtime presence: <topic>.<member> -> member JSON".into(),
-                    history: 1,
-                    max_age,
-                    storage: StorageType::Memory,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    BusError::Presence(format!("cannot create KV bucket {PRESENCE_BUCKET}: {e}"))
-                })?,
-        };
+        if js.get_key_value(PRESENCE_BUCKET).await.is_err() {
+            // The bucket's stream, laid out as the KV API lays it out (ADR-8). Created directly
+            // because `create_key_value` first reads the account info, which async-nats 0.51
+            // cannot parse from nats-server 2.9 (Debian's); 2.9 serves the KV API itself fine.
+            js.get_or_create_stream(stream::Config {
+                name: format!("KV_{PRESENCE_BUCKET}"),
+                description: Some(
+                    "nself-realtime presence: <topic>.<member> -> member JSON".into(),
+                ),
+                subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: StorageType::Memory,
+                num_replicas: replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                deny_purge: false,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                BusError::Presence(format!("cannot create KV bucket {PRESENCE_BUCKET}: {e}"))
+            })?;
+        }
+        let store = js.get_key_value(PRESENCE_BUCKET).await.map_err(|e| {
+            BusError::Presence(format!("cannot open KV bucket {PRESENCE_BUCKET}: {e}"))
+        })?;
         Ok(KvPresence { js, store })
     }
 }
