@@ -55,6 +55,8 @@ enum Command {
     Subscriptions(commands::subscriptions::ListArgs),
     /// Print a table's changes as they happen, for [seconds] (default 60).
     Listen(commands::listen::Args),
+    /// Mint a JWT for testing: token --sub <id> [--role authenticated] [--exp 24h].
+    Token(commands::token::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Unsubscribe(args) => commands::subscriptions::unsubscribe(args, json).await,
             Command::Subscriptions(args) => commands::subscriptions::list(args, json).await,
             Command::Listen(args) => commands::listen::run(args, json).await,
+            Command::Token(args) => commands::token::run(args, json),
         }
     });
     match result {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 /// A running `nself-realtime <subcommand>`. Dropping it kills the process.
 pub struct ServiceProcess {
     subcommand: String,
+    args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
@@ -19,6 +20,16 @@ impl ServiceProcess {
     /// Starts `nself-realtime <subcommand>` with `env`, `overrides` replacing entries of it.
     pub fn start(
         subcommand: &str,
+        env: &[(String, String)],
+        overrides: &[(&str, &str)],
+    ) -> ServiceProcess {
+        ServiceProcess::start_with_args(subcommand, &[], env, overrides)
+    }
+
+    /// Starts `nself-realtime <subcommand> <args...>` (see [`ServiceProcess::start`]).
+    pub fn start_with_args(
+        subcommand: &str,
+        args: &[&str],
         env: &[(String, String)],
         overrides: &[(&str, &str)],
     ) -> ServiceProcess {
@@ -37,6 +48,7 @@ impl ServiceProcess {
         }
         let mut process = ServiceProcess {
             subcommand: subcommand.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             log,
             env,
@@ -52,6 +64,7 @@ impl ServiceProcess {
             .expect("open the log");
         let child = Command::new(binary())
             .arg(&self.subcommand)
+            .args(&self.args)
             .env_remove("DATABASE_URL")
             .env_remove("NATS_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -79,9 +92,18 @@ impl ServiceProcess {
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait("TERM")
+    }
+
+    /// SIGINT (Ctrl-C) and wait for the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait("INT")
+    }
+
+    fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("process running");
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status();
         child.wait().expect("wait for the process")
     }

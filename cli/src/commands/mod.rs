@@ -7,4 +7,5 @@ pub mod init;
 pub mod listen;
 pub mod postgres;
 pub mod subscriptions;
+pub mod token;
 pub mod up;

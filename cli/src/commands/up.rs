@@ -9,6 +9,7 @@
 //! Ctrl-C (or SIGTERM) stops the gateway, the CDC and the local Postgres.
 
 use super::gateway::{bind, nats_backends, shutdown_signal, GatewayArgs};
+use super::token::{kept_secret, mint};
 use crate::exit::CliError;
 use anyhow::{anyhow, Context};
 use nself_realtime_cdc::service::{self as cdc_service, BusConfig, CdcConfig, StartError};
@@ -17,12 +18,11 @@ use nself_realtime_cdc::{migrations, publications};
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_shared::bus::{MemoryBroker, MemoryChangeLog, MemoryPresence};
 use nself_realtime_shared::config;
-use nself_realtime_shared::jwt;
 use nself_realtime_shared::local_postgres::LocalPostgres;
 use nself_realtime_shared::subject::Operation;
 use serde_json::{json, Map, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Most change events the in-process log keeps (besides `REALTIME_MESSAGE_TTL`).
@@ -59,31 +59,6 @@ pub struct Args {
     cdc_http_port: u16,
     #[command(flatten)]
     gateway: GatewayArgs,
-}
-
-/// The JWT secret: the configured one, else the one kept in `dir`, else a new one saved there.
-fn jwt_secret(configured: Option<String>, dir: &Path) -> Result<String, CliError> {
-    if let Some(secret) = configured {
-        return Ok(secret);
-    }
-    let path = dir.join("jwt_secret");
-    match std::fs::read_to_string(&path) {
-        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_string()),
-        _ => {}
-    }
-    let secret: String = (0..48)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&path, format!("{secret}\n")))
-        .with_context(|| format!("cannot save the generated JWT secret in {}; set REALTIME_JWT_SECRET or use a writable --dir", path.display()))
-        .map_err(CliError::usage)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
-    Ok(secret)
 }
 
 /// The demo table of a fresh local cluster: created and published once.
@@ -125,13 +100,6 @@ async fn create_demo_table(
     .await
     .map_err(|e| anyhow!("cannot publish public.todos: {e}"))?;
     Ok(true)
-}
-
-fn mint(secret: &str, claims: Value) -> String {
-    let Value::Object(claims) = claims else {
-        unreachable!("claims are objects")
-    };
-    jwt::mint_hs256(secret, &claims)
 }
 
 pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
@@ -177,7 +145,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     // Tokens.
     let mut gateway_args = args.gateway;
     if gateway_args.jwt_jwks.is_none() {
-        gateway_args.jwt_secret = Some(jwt_secret(gateway_args.jwt_secret.take(), &args.dir)?);
+        gateway_args.jwt_secret = Some(kept_secret(gateway_args.jwt_secret.take(), &args.dir)?);
     }
     if gateway_args.cors_origin.is_none() {
         gateway_args.cors_origin = Some("*".into());
