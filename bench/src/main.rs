@@ -3,7 +3,14 @@
 //! the machine they were measured on; BENCHMARKS.md records them with the command.
 
 mod cdc;
+mod changes_rls;
+mod connections;
+mod fanout;
+mod joins;
+mod load_client;
 mod machine;
+mod measure;
+mod presence;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +26,16 @@ enum Scenario {
     /// CDC throughput (commit → JetStream) beside pg_recvlogical's ceiling, and latency at a
     /// steady rate.
     Cdc(cdc::Args),
+    /// One topic, many subscribers over two gateways, one publisher: deliveries/s and latency.
+    Fanout(fanout::Args),
+    /// Gateway memory per idle joined socket.
+    Connections(connections::Args),
+    /// postgres_changes under RLS, one user per subscriber: delivery, latency, queries issued.
+    ChangesRls(changes_rls::Args),
+    /// Presence tracks on one gateway seen on the other: latency.
+    Presence(presence::Args),
+    /// Channel joins per second, with and without RLS authorization.
+    Joins(joins::Args),
 }
 
 #[tokio::main]
@@ -27,5 +44,10 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", machine::describe());
     match cli.scenario {
         Scenario::Cdc(args) => cdc::run(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Connections(args) => connections::run(args).await,
+        Scenario::ChangesRls(args) => changes_rls::run(args).await,
+        Scenario::Presence(args) => presence::run(args).await,
+        Scenario::Joins(args) => joins::run(args).await,
     }
 }

@@ -87,6 +87,11 @@ impl GatewayProcess {
     pub fn log(&self) -> String {
         self.process.log()
     }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
 }
 
 /// A signed test token (HS256 with [`TEST_JWT_SECRET`]) carrying `claims`; an `exp` one hour

@@ -196,13 +196,38 @@ pub async fn nats_backends(
     })
 }
 
-/// Binds the gateway's port; a port in use is a configuration problem.
+/// Binds the gateway's port; a port in use is a configuration problem. Every connection is a
+/// file descriptor, so the soft open-files limit is first raised to the hard one (often 1,024
+/// soft against a much larger hard limit, which would cap a gateway at about a thousand sockets).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, CliError> {
+    raise_open_files_limit();
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         CliError::usage(anyhow!(
             "cannot listen on {addr} ({e}); set REALTIME_HOST/REALTIME_PORT to a free address"
         ))
     })
+}
+
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    from = soft,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

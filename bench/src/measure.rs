@@ -1,0 +1,165 @@
+//! What the gateway scenarios measure with: a lock-free latency histogram that thousands of
+//! receiving tasks record into, a shared clock in microseconds, and the CPU time and memory of
+//! processes read from /proc (to report how the machine's cores were split).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Microseconds since the first call, the same clock for every task of the process.
+pub fn now_micros() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Bucket width: 50 µs; the last bucket holds everything from 10 s up.
+const BUCKET_MICROS: u64 = 50;
+const BUCKETS: usize = 200_000;
+
+/// Latencies in 50 µs buckets.
+pub struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Histogram {
+    pub fn new() -> Histogram {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn record(&self, micros: u64) {
+        let bucket = ((micros / BUCKET_MICROS) as usize).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The latency below which `q` (0..1) of the samples fall, in milliseconds (bucket upper
+    /// bound).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= rank {
+                return ((i as u64 + 1) * BUCKET_MICROS) as f64 / 1000.0;
+            }
+        }
+        f64::INFINITY
+    }
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// CPU seconds (user + system) a process has used so far; 0 when it is gone.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / ticks_per_second()
+}
+
+/// CPU seconds the whole machine has been busy (everything but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = values.iter().sum();
+    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
+    (total - idle) / ticks_per_second()
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU use of named processes over a window, as shares of one core.
+pub struct CpuSplit {
+    start_wall: Instant,
+    start_machine: f64,
+    processes: Vec<(String, u32, f64)>,
+}
+
+impl CpuSplit {
+    /// Starts a window over `processes` (label, pid); this process is added as "load generator".
+    pub fn start(processes: &[(&str, u32)]) -> CpuSplit {
+        let mut all: Vec<(String, u32, f64)> = processes
+            .iter()
+            .map(|(label, pid)| (label.to_string(), *pid, process_cpu_seconds(*pid)))
+            .collect();
+        let me = std::process::id();
+        all.push(("load generator".into(), me, process_cpu_seconds(me)));
+        CpuSplit {
+            start_wall: Instant::now(),
+            start_machine: machine_busy_seconds(),
+            processes: all,
+        }
+    }
+
+    /// `gateway 0 63 %, ..., other (Postgres, NATS, CDC) 12 %, machine 190 % of 200 %`.
+    pub fn report(&self) -> String {
+        let wall = self.start_wall.elapsed().as_secs_f64();
+        let mut parts = Vec::new();
+        let mut named = 0.0;
+        for (label, pid, start) in &self.processes {
+            let used = process_cpu_seconds(*pid) - start;
+            named += used;
+            parts.push(format!("{label} {:.0} %", 100.0 * used / wall));
+        }
+        let machine = machine_busy_seconds() - self.start_machine;
+        parts.push(format!(
+            "other (NATS, Postgres, CDC, system) {:.0} %",
+            100.0 * (machine - named).max(0.0) / wall
+        ));
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        parts.push(format!(
+            "machine {:.0} % of {} %",
+            100.0 * machine / wall,
+            cores * 100
+        ));
+        parts.join(", ")
+    }
+}
