@@ -2,22 +2,24 @@
 //!
 //! Each [`LoadSocket`] is one WebSocket (vsn 1.0.0, JSON objects) on a TCP connection whose
 //! source address can be any 127.0.0.x, so that tens of thousands of sockets to one gateway port
-//! do not run out of ephemeral ports. Frames are read as text; scenarios pick out the few fields
-//! they need with [`field_after`] rather than parsing JSON, so that the load generator spends
-//! its CPU share on the wire, not on parsing.
+//! do not run out of ephemeral ports. The WebSocket layer is the minimum a client needs (RFC
+//! 6455: the upgrade request, masked text frames out, unmasked frames in), read straight from
+//! the socket in 16 KiB reads that may hold many frames: a general WebSocket client costs the
+//! load generator several times more CPU per frame, CPU the gateways share on this machine.
+//! Scenarios pick the few fields they need out of frames with [`field_after`] rather than
+//! parsing JSON.
 
 use anyhow::{bail, Context};
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Sockets per source address before moving to the next 127.0.0.x (of ~28,000 ephemeral ports).
 const SOCKETS_PER_SOURCE: u32 = 20_000;
+const READ_SIZE: usize = 16 * 1024;
 
 static OPENED: AtomicU32 = AtomicU32::new(0);
 
@@ -29,30 +31,69 @@ fn next_source() -> IpAddr {
 
 /// One Phoenix WebSocket.
 pub struct LoadSocket {
-    ws: WebSocketStream<TcpStream>,
+    stream: TcpStream,
+    /// Received bytes not yet parsed into frames.
+    pending: Vec<u8>,
     next_ref: u64,
     /// The ref of the last successful join.
     pub join_ref: Option<String>,
+}
+
+/// A complete frame at the start of `buf`: (opcode, payload range, frame length).
+fn parse_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    (buf.len() >= header + len).then_some((opcode, header..header + len, header + len))
 }
 
 impl LoadSocket {
     /// Connects to `ws://127.0.0.1:<port>/realtime/v1/websocket?apikey=<apikey>&vsn=1.0.0`.
     pub async fn connect(port: u16, apikey: &str) -> anyhow::Result<LoadSocket> {
         let socket = TcpSocket::new_v4()?;
-        socket.set_nodelay(true)?;
         socket
             .bind(SocketAddr::new(next_source(), 0))
             .context("bind a 127.0.0.x source address")?;
-        let stream = socket
+        let mut stream = socket
             .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
             .await
             .context("connect to the gateway")?;
-        let url = format!("ws://127.0.0.1:{port}/realtime/v1/websocket?apikey={apikey}&vsn=1.0.0");
-        let (ws, _) = tokio_tungstenite::client_async(url, stream)
-            .await
-            .context("WebSocket handshake")?;
+        stream.set_nodelay(true)?;
+        let request = format!(
+            "GET /realtime/v1/websocket?apikey={apikey}&vsn=1.0.0 HTTP/1.1\r\n\
+             Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: bmV4dC1zZWxmLXJlYWx0aW1l\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut pending = Vec::with_capacity(1024);
+        let end = loop {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if stream.read_buf(&mut pending).await? == 0 || pending.len() > 16 * 1024 {
+                bail!("the gateway ended the WebSocket handshake");
+            }
+        };
+        if !pending.starts_with(b"HTTP/1.1 101") {
+            bail!(
+                "WebSocket upgrade refused: {}",
+                String::from_utf8_lossy(&pending[..end])
+            );
+        }
+        pending.drain(..end);
         Ok(LoadSocket {
-            ws,
+            stream,
+            pending,
             next_ref: 1,
             join_ref: None,
         })
@@ -68,10 +109,25 @@ impl LoadSocket {
     ) -> anyhow::Result<String> {
         let ref_ = self.next_ref.to_string();
         self.next_ref += 1;
-        let frame = json!({"join_ref": join_ref, "ref": ref_, "topic": topic, "event": event, "payload": payload});
-        self.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await?;
+        let text = json!({"join_ref": join_ref, "ref": ref_, "topic": topic, "event": event, "payload": payload})
+            .to_string();
+        // A masked text frame; the all-zero mask leaves the payload as it is.
+        let mut frame = Vec::with_capacity(text.len() + 14);
+        frame.push(0x81);
+        match text.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(text.as_bytes());
+        self.stream.write_all(&frame).await?;
         Ok(ref_)
     }
 
@@ -106,26 +162,42 @@ impl LoadSocket {
     /// The next text frame.
     pub async fn next_text(&mut self) -> anyhow::Result<String> {
         loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
-                Some(Ok(Message::Close(frame))) => bail!("closed by the gateway: {frame:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("connection ended"),
+            if let Some((opcode, payload, length)) = parse_frame(&self.pending) {
+                let text = String::from_utf8_lossy(&self.pending[payload]).into_owned();
+                self.pending.drain(..length);
+                match opcode {
+                    1 => return Ok(text),
+                    8 => bail!("closed by the gateway: {text}"),
+                    _ => continue,
+                }
+            }
+            self.pending.reserve(READ_SIZE);
+            if self.stream.read_buf(&mut self.pending).await? == 0 {
+                bail!("connection ended");
             }
         }
     }
-}
 
-impl LoadSocket {
-    /// Hands every later text frame to `on_text` until the connection ends; frames are not
-    /// copied.
+    /// Hands every later text frame to `on_text` until the connection ends.
     pub async fn read_texts(mut self, mut on_text: impl FnMut(&str)) {
-        while let Some(Ok(message)) = self.ws.next().await {
-            match message {
-                Message::Text(text) => on_text(text.as_str()),
-                Message::Close(_) => break,
-                _ => {}
+        loop {
+            let mut at = 0;
+            while let Some((opcode, payload, length)) = parse_frame(&self.pending[at..]) {
+                if opcode == 1 {
+                    let range = at + payload.start..at + payload.end;
+                    if let Ok(text) = std::str::from_utf8(&self.pending[range]) {
+                        on_text(text);
+                    }
+                } else if opcode == 8 {
+                    return;
+                }
+                at += length;
+            }
+            self.pending.drain(..at);
+            self.pending.reserve(READ_SIZE);
+            match self.stream.read_buf(&mut self.pending).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
         }
     }

@@ -6,12 +6,29 @@
 //! lazily up to `size`, waits when all are busy, drops a connection that broke instead of
 //! handing it out again, and reconnects on the next checkout: a Postgres restart costs the
 //! queries in flight, not the gateway.
+//!
+//! Each connection keeps the statements it has prepared ([`Pooled::prepared`]): the same few
+//! queries run for every join and every batch, and preparing them each time would cost a round
+//! trip per query.
 
 use nself_realtime_shared::postgres_error::describe;
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// Most statements one connection keeps prepared (visibility queries are one per table).
+const MAX_STATEMENTS: usize = 256;
+
+/// A connection and the statements prepared on it.
+struct Connection {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    /// Inside a transaction acting as some user's claims: such a connection must not be handed
+    /// out again (a query cancelled half way would leave it so), so it is closed instead.
+    in_user_session: bool,
+}
 
 /// Postgres could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +43,14 @@ pub struct Pool {
 
 struct Inner {
     config: Config,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
 }
 
 /// A connection taken from the pool; it goes back when dropped, unless it broke.
 pub struct Pooled {
     inner: Arc<Inner>,
-    client: Option<Client>,
+    connection: Option<Connection>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -62,13 +79,13 @@ impl Pool {
             let mut idle = self.inner.idle.lock().expect("pool lock");
             loop {
                 match idle.pop() {
-                    Some(client) if client.is_closed() => continue,
+                    Some(connection) if connection.client.is_closed() => continue,
                     other => break other,
                 }
             }
         };
-        let client = match idle {
-            Some(client) => client,
+        let connection = match idle {
+            Some(connection) => connection,
             None => {
                 let (client, connection) = self
                     .inner
@@ -81,35 +98,70 @@ impl Pool {
                         tracing::debug!(error = %e, "gateway Postgres connection closed");
                     }
                 });
-                client
+                Connection {
+                    client,
+                    statements: HashMap::new(),
+                    in_user_session: false,
+                }
             }
         };
         Ok(Pooled {
             inner: self.inner.clone(),
-            client: Some(client),
+            connection: Some(connection),
             _permit: permit,
         })
+    }
+}
+
+impl Pooled {
+    fn connection(&mut self) -> &mut Connection {
+        self.connection.as_mut().expect("present until dropped")
+    }
+
+    /// `sql` prepared on this connection, once.
+    pub async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.connection().statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.connection().client.prepare(sql).await?;
+        let statements = &mut self.connection().statements;
+        if statements.len() >= MAX_STATEMENTS {
+            statements.clear();
+        }
+        statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Pooled {
+    /// Marks the connection as acting as a user (true) until that session has ended (false).
+    pub fn set_in_user_session(&mut self, in_session: bool) {
+        self.connection().in_user_session = in_session;
     }
 }
 
 impl Deref for Pooled {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
+        &self
+            .connection
+            .as_ref()
+            .expect("present until dropped")
+            .client
     }
 }
 
 impl DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
+        &mut self.connection().client
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if !client.is_closed() {
-                self.inner.idle.lock().expect("pool lock").push(client);
+        if let Some(connection) = self.connection.take() {
+            if !connection.client.is_closed() && !connection.in_user_session {
+                self.inner.idle.lock().expect("pool lock").push(connection);
             }
         }
     }

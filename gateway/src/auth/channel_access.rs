@@ -13,10 +13,10 @@
 //! Whether a row exists is asked as the gateway's own role (the table owner, not subject to
 //! RLS); what the claims see is asked in their session.
 
-use super::session::{self, AllowedRoles, SessionError};
+use super::session::{self, AllowedRoles, QueryAsError, SessionError};
+use crate::db::Pooled;
 use nself_realtime_shared::jwt::Claims;
 use nself_realtime_shared::postgres_error::describe;
-use tokio_postgres::Client;
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ fn classify(e: tokio_postgres::Error) -> AccessError {
 
 /// Decides whether `claims` may join the channel `slug` (see the module docs).
 pub async fn authorize(
-    client: &mut Client,
+    client: &mut Pooled,
     claims: &Claims,
     roles: &AllowedRoles,
     slug: &str,
@@ -62,11 +62,12 @@ pub async fn authorize(
 ) -> Result<ChannelAccess, AccessError> {
     let role = session::role_of(claims, roles)?.to_string();
     // Existence first, as the gateway's role, before the session takes on the claims.
+    let exists = client
+        .prepared("SELECT type, persist_messages FROM realtime.channels WHERE slug = $1")
+        .await
+        .map_err(classify)?;
     let existing = client
-        .query_opt(
-            "SELECT type, persist_messages FROM realtime.channels WHERE slug = $1",
-            &[&slug],
-        )
+        .query_opt(&exists, &[&slug])
         .await
         .map_err(classify)?;
     let Some(existing) = existing else {
@@ -96,18 +97,23 @@ pub async fn authorize(
     };
     let channel_type: String = existing.get(0);
     let persisted: bool = existing.get(1);
-    let transaction = session::begin(client, claims, roles).await?;
-    let visible = transaction
-        .query_opt(
-            "SELECT c.type,
-                    (SELECT m.can_send FROM realtime.channel_members m
-                      WHERE m.channel_id = c.id AND m.user_id = realtime.user_id())
-             FROM realtime.channels c WHERE c.slug = $1",
-            &[&slug],
-        )
-        .await
-        .map_err(classify)?;
-    let _ = transaction.rollback().await;
+    let visible = session::query_as(
+        client,
+        claims,
+        roles,
+        "SELECT c.type,
+                (SELECT m.can_send FROM realtime.channel_members m
+                  WHERE m.channel_id = c.id AND m.user_id = realtime.user_id())
+         FROM realtime.channels c WHERE c.slug = $1",
+        &[&slug],
+    )
+    .await
+    .map_err(|e| match e {
+        QueryAsError::Session(e) => AccessError::Session(e),
+        QueryAsError::Query(e) => classify(e),
+    })?
+    .into_iter()
+    .next();
     Ok(match visible {
         None => ChannelAccess {
             allowed: false,

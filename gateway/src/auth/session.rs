@@ -13,14 +13,26 @@
 //! | `hasura.user.id` | the user id |
 //!
 //! All are transaction-local (`set_config(..., true)`), set in one statement with the values
-//! as bind parameters. A token without a role claim acts as `anon`. The gateway's own database
+//! as bind parameters. [`query_as`] pipelines `BEGIN`, that statement, the query and `ROLLBACK`
+//! on prepared statements, so deciding something for a user costs one round trip. A token
+//! without a role claim acts as `anon`. The gateway's own database
 //! user must be allowed to `SET ROLE` to each of these roles (a superuser, or `GRANT anon,
 //! authenticated, service_role TO <gateway user>`).
 
+use crate::db::Pooled;
 use nself_realtime_shared::config::{comma_list, ConfigError};
 use nself_realtime_shared::jwt::Claims;
 use nself_realtime_shared::postgres_error::describe;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// The statement that takes on the claims (see the module docs).
+const TAKE_ON_CLAIMS: &str = "SELECT set_config('role', $1, true),
+        set_config('request.jwt.claims', $2, true),
+        set_config('request.jwt.claim.sub', $3, true),
+        set_config('request.jwt.claim.role', $1, true),
+        set_config('hasura.user', $4, true),
+        set_config('hasura.user.id', $5, true)";
 
 /// The role of a token without one.
 pub const DEFAULT_ROLE: &str = "anon";
@@ -36,6 +48,16 @@ pub enum SessionError {
     RoleNotAllowed(String),
     #[error("cannot take on role {role:?}: {reason}")]
     Postgres { role: String, reason: String },
+}
+
+/// A query run as some claims failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryAsError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The query itself failed (a policy raised, permission denied, Postgres went away).
+    #[error("{}", describe(.0))]
+    Query(tokio_postgres::Error),
 }
 
 impl AllowedRoles {
@@ -81,18 +103,23 @@ pub fn role_of<'a>(claims: &'a Claims, roles: &AllowedRoles) -> Result<&'a str, 
     }
 }
 
-/// Starts a transaction that acts as `claims` (see the module docs).
-pub async fn begin<'a>(
-    client: &'a mut Client,
+/// Runs `sql` with `params` as `claims` (see the module docs), in one round trip.
+pub async fn query_as(
+    connection: &mut Pooled,
     claims: &Claims,
     roles: &AllowedRoles,
-) -> Result<Transaction<'a>, SessionError> {
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, QueryAsError> {
     let role = role_of(claims, roles)?.to_string();
-    let failed = |e: tokio_postgres::Error| SessionError::Postgres {
-        role: role.clone(),
-        reason: describe(&e),
-    };
-    let transaction = client.transaction().await.map_err(failed)?;
+    let take_on = connection
+        .prepared(TAKE_ON_CLAIMS)
+        .await
+        .map_err(QueryAsError::Query)?;
+    let query = connection
+        .prepared(sql)
+        .await
+        .map_err(QueryAsError::Query)?;
     let claims_json = claims.to_json().to_string();
     let hasura = claims.hasura_user();
     let user_id = hasura
@@ -102,19 +129,26 @@ pub async fn begin<'a>(
         .to_string();
     let hasura_json = serde_json::Value::Object(hasura).to_string();
     let sub = claims.sub().unwrap_or("").to_string();
-    transaction
-        .execute(
-            "SELECT set_config('role', $1, true),
-                    set_config('request.jwt.claims', $2, true),
-                    set_config('request.jwt.claim.sub', $3, true),
-                    set_config('request.jwt.claim.role', $1, true),
-                    set_config('hasura.user', $4, true),
-                    set_config('hasura.user.id', $5, true)",
-            &[&role, &claims_json, &sub, &hasura_json, &user_id],
-        )
-        .await
-        .map_err(failed)?;
-    Ok(transaction)
+    connection.set_in_user_session(true);
+    let settings: [&(dyn ToSql + Sync); 5] = [&role, &claims_json, &sub, &hasura_json, &user_id];
+    let client: &tokio_postgres::Client = connection;
+    // Polled together, these go out back to back and are answered in order; each extended-
+    // protocol request ends in its own Sync, so a failing query does not swallow the ROLLBACK.
+    let (begun, taken_on, rows, rolled_back) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&take_on, &settings),
+        client.query(&query, params),
+        client.batch_execute("ROLLBACK"),
+    );
+    let failed = |e: tokio_postgres::Error| SessionError::Postgres {
+        role: role.clone(),
+        reason: describe(&e),
+    };
+    rolled_back.map_err(QueryAsError::Query)?;
+    connection.set_in_user_session(false);
+    begun.map_err(failed)?;
+    taken_on.map_err(failed)?;
+    rows.map_err(QueryAsError::Query)
 }
 
 #[cfg(test)]

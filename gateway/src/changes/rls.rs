@@ -18,7 +18,7 @@
 //! and SQL types) for a couple of seconds, so enabling RLS on a table takes effect quickly.
 
 use crate::auth::identity::Identity;
-use crate::auth::session::{self, AllowedRoles};
+use crate::auth::session::{self, AllowedRoles, QueryAsError};
 use crate::db::Pool;
 use nself_realtime_shared::postgres_error::describe;
 use nself_realtime_shared::sql::quote_ident;
@@ -182,13 +182,18 @@ pub async fn visible(
         .get()
         .await
         .map_err(|e| RlsError::Unavailable(e.to_string()))?;
-    let transaction = session::begin(&mut client, &identity.claims, roles)
-        .await
-        .map_err(|e| RlsError::Denied(e.to_string()))?;
-    let rows = transaction
-        .query(&visibility_sql(info), &params)
-        .await
-        .map_err(classify)?;
+    let rows = session::query_as(
+        &mut client,
+        &identity.claims,
+        roles,
+        &visibility_sql(info),
+        &params,
+    )
+    .await
+    .map_err(|e| match e {
+        QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
+        QueryAsError::Query(e) => classify(e),
+    })?;
     let mut seen = vec![false; keys.len()];
     for row in rows {
         let ordinal: i64 = row.get(0);
@@ -199,8 +204,6 @@ pub async fn visible(
             *slot = true;
         }
     }
-    // Read-only: nothing to keep.
-    let _ = transaction.rollback().await;
     Ok(seen)
 }
 

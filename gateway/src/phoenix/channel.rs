@@ -419,20 +419,22 @@ impl Channels {
             .get()
             .await
             .map_err(|e| Refusal(format!("authorization is unavailable: {e}")))?;
-        let transaction =
-            crate::auth::session::begin(&mut client, &identity.claims, &self.gateway.roles).await?;
-        for (schema, table) in tables {
-            let row = transaction
-                .query_one(
-                    "SELECT c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false)
-                     FROM (SELECT 1) AS one
-                     LEFT JOIN pg_namespace s ON s.nspname = $1
-                     LEFT JOIN pg_class c ON c.relnamespace = s.oid AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                    &[&schema, &table],
-                )
-                .await
-                .map_err(|e| Refusal(nself_realtime_shared::postgres_error::describe(&e)))?;
-            let (exists, readable): (bool, bool) = (row.get(0), row.get(1));
+        let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
+        let rows = crate::auth::session::query_as(
+            &mut client,
+            &identity.claims,
+            &self.gateway.roles,
+            "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false)
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
+             LEFT JOIN pg_namespace n ON n.nspname = u.s
+             LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
+             ORDER BY u.i",
+            &[&schemas, &names],
+        )
+        .await?;
+        for row in rows {
+            let (schema, table, exists, readable): (&str, &str, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             if !exists {
                 return Err(Refusal(format!("table {schema}.{table} does not exist")));
             }
@@ -443,7 +445,6 @@ impl Channels {
                 )));
             }
         }
-        let _ = transaction.rollback().await;
         Ok(())
     }
 
