@@ -120,7 +120,7 @@ async fn up_from_nothing_serves_changes_and_stops_everything() {
     assert_eq!(again["database_url"], banner["database_url"]);
     let (mut demo, _) = follow_todos(
         port,
-        &again["anon_key"].as_str().unwrap().to_string(),
+        again["anon_key"].as_str().unwrap(),
         &mint_with_cli(dir.path(), "demo-user"),
     )
     .await;
