@@ -275,6 +275,82 @@ async fn rls_isolates_users_in_batched_queries_and_a_raising_policy_hurts_only_i
     );
 }
 
+/// An owner-shaped policy (`owner = realtime.user_id()`) is decided in the gateway from one
+/// query per user, not per batch; rows stay isolated, and an UPDATE that hands a row to
+/// another user reaches the new owner only.
+#[tokio::test]
+async fn owner_policies_take_the_fast_path_and_stay_isolated() {
+    let stack = Stack::start(1, &[]).await;
+    stack
+        .sql(
+            "CREATE TABLE public.tasks (id int PRIMARY KEY, owner text NOT NULL, title text);
+             ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY tasks_owner ON public.tasks FOR SELECT TO authenticated
+                 USING (owner = realtime.user_id());
+             GRANT SELECT ON public.tasks TO authenticated;",
+        )
+        .await;
+    stack.publish("public.tasks").await;
+    let gateway = &stack.gateways[0];
+    let binding = changes(json!([{"event": "*", "schema": "public", "table": "tasks"}]));
+    let mut clients = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let mut client = PhoenixClient::connect(&gateway.websocket_url(&user(name), "2.0.0"))
+            .await
+            .unwrap();
+        let (_, reply) = client.join("realtime:tasks", binding.clone()).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        clients.push((name, client));
+    }
+    // Ten batches, each delivered before the next is written: the general path would query
+    // once per batch and user (30 queries).
+    let db = stack.db.connect().await;
+    for batch in 0..10 {
+        db.batch_execute(&format!(
+            "INSERT INTO public.tasks SELECT n, (ARRAY['alice','bob','carol'])[n % 3 + 1], 't'
+             FROM generate_series({} * 30 + 1, {} * 30 + 30) n",
+            batch, batch
+        ))
+        .await
+        .unwrap();
+        for (i, (name, client)) in clients.iter_mut().enumerate() {
+            for n in (batch * 30 + 1..=batch * 30 + 30).filter(|n| n % 3 == i) {
+                let got = client.expect(|f| f.event == "postgres_changes").await;
+                assert_eq!(got.payload["data"]["record"]["id"], n, "{name}");
+                assert_eq!(got.payload["data"]["record"]["owner"], *name);
+            }
+        }
+    }
+    // Row 3 belongs to alice; handing it to bob reaches bob (and not alice or carol).
+    db.batch_execute("UPDATE public.tasks SET owner = 'bob' WHERE id = 3")
+        .await
+        .unwrap();
+    let got = clients[1].1.expect(|f| f.event == "postgres_changes").await;
+    assert_eq!(got.payload["data"]["type"], "UPDATE");
+    assert_eq!(got.payload["data"]["record"]["owner"], "bob");
+    for i in [0, 2] {
+        let extra = clients[i]
+            .1
+            .expect_within(Duration::from_millis(300), |f| {
+                f.event == "postgres_changes"
+            })
+            .await;
+        assert!(extra.is_none(), "{} received {extra:?}", clients[i].0);
+    }
+    let (_, metrics) = http_get(gateway.port, "/metrics").await.unwrap();
+    let queries: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("realtime_gateway_rls_queries_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One per user, again when a value is older than 2 s: a handful, whatever the batches.
+    assert!(
+        queries <= 12.0,
+        "{queries} queries for 3 users: the owner policy was not decided in the gateway"
+    );
+}
+
 #[tokio::test]
 async fn resume_since_a_time_or_an_event_replays_then_goes_live() {
     let stack = stack_with_items().await;

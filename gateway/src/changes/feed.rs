@@ -16,6 +16,7 @@
 //! sequence follow, and the subscription is live: no gap and no duplicate.
 
 use super::binding::Binding;
+use super::owner_rule;
 use super::rls::{self, RlsError, TableCatalog, TableInfo};
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
@@ -432,19 +433,68 @@ impl ChangeFeeds {
                 .is_none_or(|info| info.as_ref().is_none_or(|info| info.rls))
         };
 
-        // One visibility query per (table, claims) covering every candidate row of the batch.
+        let needs_check = |event: &ChangeEvent| {
+            matches!(event.operation, EventType::Insert | EventType::Update) && protected(event)
+        };
+        let owner_rule_of = |event: &ChangeEvent, identity: &Identity| {
+            let info = tables
+                .get(&(event.schema.as_str(), event.table.as_str()))?
+                .as_ref()?;
+            let role = crate::auth::session::role_of(&identity.claims, &self.roles).ok()?;
+            info.owner_rule(role)
+        };
+
+        // Owner policies: the rule's expression once per distinct claims, then compared with
+        // each row here (see owner_rule.rs).
+        let mut expressions: HashMap<(String, Arc<str>), Arc<Identity>> = HashMap::new();
+        for (c, s, _) in &candidates {
+            let event = events[*c].as_ref().expect("candidates have events");
+            if !needs_check(event) {
+                continue;
+            }
+            let identity = subscriptions[*s].identity();
+            if let Some(rule) = owner_rule_of(event, &identity) {
+                expressions
+                    .entry((rule.expression, identity.key.clone()))
+                    .or_insert(identity);
+            }
+        }
+        let values: HashMap<(String, Arc<str>), Option<String>> =
+            futures::future::join_all(expressions.into_iter().map(|(key, identity)| async move {
+                let value = self
+                    .catalog
+                    .owner_value(&self.roles, &identity, &key.0, &self.metrics.rls_queries)
+                    .await;
+                (key, value)
+            }))
+            .await
+            .into_iter()
+            .filter_map(|(key, value)| value.ok().map(|value| (key, value)))
+            .collect();
+        let mut allowed = vec![true; candidates.len()];
+
+        // One visibility query per (table, claims) covering every other candidate row.
         /// (schema, table, claims key) → (identity, candidate indexes, event indexes).
         type Groups<'a> =
             HashMap<(&'a str, &'a str, Arc<str>), (Arc<Identity>, Vec<usize>, Vec<usize>)>;
         let mut groups: Groups = HashMap::new();
         for (index, (c, s, _)) in candidates.iter().enumerate() {
             let event = events[*c].as_ref().expect("candidates have events");
-            if !matches!(event.operation, EventType::Insert | EventType::Update)
-                || !protected(event)
-            {
+            if !needs_check(event) {
                 continue;
             }
             let identity = subscriptions[*s].identity();
+            if let Some(rule) = owner_rule_of(event, &identity) {
+                if let Some(value) = values.get(&(rule.expression, identity.key.clone())) {
+                    let visible = value.is_some()
+                        && owner_rule::row_value(event.record.as_ref(), &rule.column) == *value;
+                    if !visible {
+                        allowed[index] = false;
+                        self.metrics.rls_denied_rows.inc();
+                    }
+                    continue;
+                }
+            }
             let group = groups
                 .entry((
                     event.schema.as_str(),
@@ -455,7 +505,6 @@ impl ChangeFeeds {
             group.1.push(index);
             group.2.push(*c);
         }
-        let mut allowed = vec![true; candidates.len()];
         let checks = groups
             .into_iter()
             .map(|((schema, table, _), (identity, members, rows))| {

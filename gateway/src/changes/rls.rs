@@ -17,6 +17,7 @@
 //! [`TableCatalog`] caches what the check needs per table (is RLS on, the primary key's columns
 //! and SQL types) for a couple of seconds, so enabling RLS on a table takes effect quickly.
 
+use super::owner_rule::{owner_rule, OwnerRule, Policy, VALUE_TTL};
 use crate::auth::identity::Identity;
 use crate::auth::session::{self, AllowedRoles, QueryAsError};
 use crate::db::Pool;
@@ -38,6 +39,25 @@ pub struct TableInfo {
     pub rls: bool,
     /// Primary key columns and their SQL types (`format_type`), in key order.
     pub key: Vec<(String, String)>,
+    /// Every column and its SQL type, in table order.
+    pub columns: Vec<(String, String)>,
+    /// The table's policies.
+    pub policies: Vec<Policy>,
+    /// The owning role, which RLS does not apply to unless `force_rls`.
+    pub owner: String,
+    pub force_rls: bool,
+    /// Roles with BYPASSRLS.
+    pub bypass_roles: Vec<String>,
+}
+
+impl TableInfo {
+    /// The fast path for `role`, when the table's policies allow it ([`owner_rule`]).
+    pub fn owner_rule(&self, role: &str) -> Option<OwnerRule> {
+        if (role == self.owner && !self.force_rls) || self.bypass_roles.iter().any(|r| r == role) {
+            return None;
+        }
+        owner_rule(&self.policies, &self.columns, role)
+    }
 }
 
 /// Why a check or lookup failed.
@@ -57,10 +77,17 @@ pub enum RlsError {
 /// (schema, table) → the facts and when they were read.
 type CatalogCache = HashMap<(String, String), (Arc<TableInfo>, Instant)>;
 
-/// Cached [`TableInfo`]s.
+/// (owner rule expression, claims key) → its value as those claims, and when it was read.
+type ValueCache = HashMap<(String, Arc<str>), (Option<String>, Instant)>;
+
+/// Most expression values kept (one per distinct claims and rule).
+const MAX_VALUES: usize = 200_000;
+
+/// Cached [`TableInfo`]s, and the values of owner-rule expressions per claims.
 pub struct TableCatalog {
     pool: Pool,
     cache: Mutex<CatalogCache>,
+    values: Mutex<ValueCache>,
 }
 
 impl TableCatalog {
@@ -68,7 +95,51 @@ impl TableCatalog {
         TableCatalog {
             pool,
             cache: Mutex::new(HashMap::new()),
+            values: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `expression` (an owner rule's) evaluated as `identity`, as text (`None`: NULL); cached
+    /// for [`VALUE_TTL`]; `queries` counts the queries issued. An error means the general
+    /// path must decide.
+    pub async fn owner_value(
+        &self,
+        roles: &AllowedRoles,
+        identity: &Identity,
+        expression: &str,
+        queries: &prometheus::IntCounter,
+    ) -> Result<Option<String>, RlsError> {
+        let cache_key = (expression.to_string(), identity.key.clone());
+        if let Some((value, at)) = self.values.lock().expect("values lock").get(&cache_key) {
+            if at.elapsed() < VALUE_TTL {
+                return Ok(value.clone());
+            }
+        }
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| RlsError::Unavailable(e.to_string()))?;
+        queries.inc();
+        let rows = session::query_as(
+            &mut client,
+            &identity.claims,
+            roles,
+            &format!("SELECT ({expression})::text"),
+            &[],
+        )
+        .await
+        .map_err(|e| match e {
+            QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
+            QueryAsError::Query(e) => classify(e),
+        })?;
+        let value: Option<String> = rows.first().and_then(|row| row.get(0));
+        let mut values = self.values.lock().expect("values lock");
+        if values.len() >= MAX_VALUES {
+            values.clear();
+        }
+        values.insert(cache_key, (value.clone(), Instant::now()));
+        Ok(value)
     }
 
     /// The table's facts, from the cache when fresh.
@@ -103,11 +174,48 @@ impl TableCatalog {
             .ok_or_else(|| RlsError::NoSuchTable(schema.to_string(), table.to_string()))?;
         let names: Vec<String> = row.get(1);
         let types: Vec<String> = row.get(2);
+        let more = client
+            .query_one(
+                "SELECT pg_get_userbyid(c.relowner)::text, c.relforcerowsecurity,
+                        (SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
+                           FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                        (SELECT coalesce(array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum), '{}')
+                           FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                        (SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_roles r WHERE r.rolbypassrls)
+                 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+                 WHERE s.nspname = $1 AND c.relname = $2",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(|e| RlsError::Unavailable(describe(&e)))?;
+        let policies = client
+            .query(
+                "SELECT permissive = 'PERMISSIVE', roles::text[], cmd, qual
+                 FROM pg_policies WHERE schemaname = $1 AND tablename = $2",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(|e| RlsError::Unavailable(describe(&e)))?
+            .into_iter()
+            .map(|p| Policy {
+                permissive: p.get(0),
+                roles: p.get(1),
+                command: p.get(2),
+                using: p.get(3),
+            })
+            .collect();
+        let column_names: Vec<String> = more.get(2);
+        let column_types: Vec<String> = more.get(3);
         let info = Arc::new(TableInfo {
             schema: schema.to_string(),
             table: table.to_string(),
             rls: row.get(0),
             key: names.into_iter().zip(types).collect(),
+            columns: column_names.into_iter().zip(column_types).collect(),
+            policies,
+            owner: more.get(0),
+            force_rls: more.get(1),
+            bypass_roles: more.get(4),
         });
         self.cache
             .lock()
@@ -221,6 +329,11 @@ mod tests {
                 ("id".into(), "integer".into()),
                 ("org".into(), "uuid".into()),
             ],
+            columns: Vec::new(),
+            policies: Vec::new(),
+            owner: "postgres".into(),
+            force_rls: false,
+            bypass_roles: Vec::new(),
         };
         assert_eq!(
             visibility_sql(&info),
