@@ -39,10 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pg = Postgres::start();
     // The harness trades durability for test speed; measure with Postgres' defaults instead,
     // since a commit's WAL flush is part of what a row waits for before it can be streamed.
-    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
-        pg.psql("postgres", &format!("ALTER SYSTEM SET {setting} = on"));
-    }
-    pg.restart();
+    crate::stack::durable(&pg);
     let nats_server = Nats::start();
     let account = nats_server.fresh_account();
     let db = pg.fresh_database().await;

@@ -10,10 +10,10 @@
 //! per second (`realtime_gateway_rls_queries_total`), beside rows × subscribers — what checking
 //! each row for each subscriber would cost.
 
-use crate::fanout::{open_joined, BENCH_GATEWAY_ENV};
 use crate::load_client::raise_open_files_limit;
 use crate::measure::{CpuSplit, Histogram};
-use realtime_tests::{http_get, token, Stack};
+use crate::stack::{open_joined, start_stack};
+use realtime_tests::{http_get, token};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ async fn rls_queries(port: u16) -> f64 {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_open_files_limit(4 * args.subscribers as u64 + 10_000)?;
-    let stack = Stack::start(1, BENCH_GATEWAY_ENV).await;
+    let stack = start_stack(1).await;
     stack
         .sql(
             "CREATE TABLE public.bench_rls (

@@ -6,10 +6,10 @@
 //! socket is joined; the difference divided by the sockets is the cost of one connection
 //! (kernel socket buffers are not in RSS and not counted).
 
-use crate::fanout::{open_joined, BENCH_GATEWAY_ENV};
 use crate::load_client::raise_open_files_limit;
 use crate::measure::rss_kib;
-use realtime_tests::{token, Stack};
+use crate::stack::{open_joined, start_stack};
+use realtime_tests::token;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let limit = raise_open_files_limit(2 * args.sockets as u64 + 10_000)?;
-    let stack = Stack::start(1, BENCH_GATEWAY_ENV).await;
+    let stack = start_stack(1).await;
     let gateway = &stack.gateways[0];
     let pid = gateway
         .pid()

@@ -9,8 +9,8 @@
 
 use crate::load_client::{field_after, raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use futures::StreamExt;
-use realtime_tests::{token, Stack};
+use crate::stack::{open_joined, start_stack};
+use realtime_tests::token;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,46 +29,9 @@ pub struct Args {
     seconds: u64,
 }
 
-/// The gateway settings every gateway scenario uses: room for the load, logs at warn, and a
-/// heartbeat long enough that idle load sockets are not timed out while the load builds.
-pub const BENCH_GATEWAY_ENV: &[(&str, &str)] = &[
-    ("REALTIME_MAX_CONNECTIONS", "200000"),
-    ("REALTIME_MAX_EVENTS_PER_SECOND", "100000"),
-    ("REALTIME_HEARTBEAT_INTERVAL", "300"),
-    ("REALTIME_SEND_QUEUE", "4096"),
-    ("LOG_LEVEL", "warn"),
-];
-
-/// Opens `count` sockets (`parallel` at a time), `gateway_of(i)` choosing the port, each joined
-/// to `topic(i)` with `payload(i)`; socket `i` is at index `i`.
-pub async fn open_joined(
-    count: usize,
-    parallel: usize,
-    gateway_of: impl Fn(usize) -> u16,
-    apikey: &str,
-    topic: impl Fn(usize) -> String,
-    payload: impl Fn(usize) -> serde_json::Value,
-) -> anyhow::Result<Vec<LoadSocket>> {
-    let jobs = (0..count).map(|i| {
-        let (port, topic, payload) = (gateway_of(i), topic(i), payload(i));
-        let apikey = apikey.to_string();
-        async move {
-            let mut socket = LoadSocket::connect(port, &apikey).await?;
-            socket.join(&topic, payload).await?;
-            anyhow::Ok(socket)
-        }
-    });
-    futures::stream::iter(jobs)
-        .buffered(parallel)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let limit = raise_open_files_limit(4 * args.subscribers as u64 + 10_000)?;
-    let stack = Stack::start(2, BENCH_GATEWAY_ENV).await;
+    let stack = start_stack(2).await;
     let ports = [stack.gateways[0].port, stack.gateways[1].port];
     let apikey = token(json!({"role": "anon"}));
     println!(

@@ -8,10 +8,10 @@
 //! public channels, which need no query. Joins/s = joins ÷ wall time; latency is from sending a
 //! join to its reply.
 
-use crate::fanout::BENCH_GATEWAY_ENV;
 use crate::load_client::{raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use realtime_tests::{token, Stack};
+use crate::stack::start_stack;
+use realtime_tests::token;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +28,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_open_files_limit(4 * args.users as u64 + 10_000)?;
-    let stack = Stack::start(1, BENCH_GATEWAY_ENV).await;
+    let stack = start_stack(1).await;
     let port = stack.gateways[0].port;
     let pid = stack.gateways[0].pid().unwrap_or(0);
     let db = stack.db.connect().await;

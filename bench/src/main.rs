@@ -11,6 +11,7 @@ mod load_client;
 mod machine;
 mod measure;
 mod presence;
+mod stack;
 
 use clap::{Parser, Subcommand};
 

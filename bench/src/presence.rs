@@ -5,10 +5,10 @@
 //! second; for each track the latency is from sending it to the `presence_diff` announcing the
 //! member on the observer of the *other* gateway (through NATS KV).
 
-use crate::fanout::{open_joined, BENCH_GATEWAY_ENV};
 use crate::load_client::{raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use realtime_tests::{token, Stack};
+use crate::stack::{open_joined, start_stack};
+use realtime_tests::token;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ fn presence_join(key: &str) -> Value {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_open_files_limit(4 * args.members as u64 + 10_000)?;
-    let stack = Stack::start(2, BENCH_GATEWAY_ENV).await;
+    let stack = start_stack(2).await;
     let ports = [stack.gateways[0].port, stack.gateways[1].port];
     let apikey = token(json!({"role": "anon"}));
     println!(

@@ -48,6 +48,28 @@ enum Flow {
     Failed,
 }
 
+/// The subscriptions owner rules decide for one table (see [`ChangeFeeds::owner_index`]).
+#[derive(Default)]
+struct OwnerIndex {
+    /// column → value → the subscriptions whose rows carry that value in that column.
+    by_column: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Subscriptions the general path decides.
+    undecided: Vec<usize>,
+}
+
+impl OwnerIndex {
+    /// The subscriptions that own `row`.
+    fn owners_of<'a>(&'a self, row: Option<&'a Row>) -> impl Iterator<Item = usize> + 'a {
+        self.by_column.iter().flat_map(move |(column, by_value)| {
+            owner_rule::row_value(row, column)
+                .and_then(|value| by_value.get(&value))
+                .into_iter()
+                .flatten()
+                .copied()
+        })
+    }
+}
+
 /// One channel's interest in one feed.
 pub struct TableSubscription {
     pub subscriber: Arc<Subscriber>,
@@ -187,6 +209,34 @@ pub struct ChangeFeeds {
     catalog: TableCatalog,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     metrics: Arc<Metrics>,
+    /// Owner indexes by table, each for the exact subscriptions it was built from; rebuilt
+    /// when the table's facts or the subscriptions change, or after [`OWNER_INDEX_TTL`].
+    owner_indexes: Mutex<HashMap<(String, String), Vec<CachedOwnerIndex>>>,
+}
+
+/// How long an owner index serves before it is rebuilt (to pick up refreshed values).
+const OWNER_INDEX_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct CachedOwnerIndex {
+    built: std::time::Instant,
+    info: Arc<TableInfo>,
+    /// The subscriptions and identities it was built for, in order. Holding them keeps their
+    /// addresses from being reused, so pointer equality below means the same subscriptions.
+    members: Vec<(Arc<TableSubscription>, Arc<Identity>)>,
+    index: Option<Arc<OwnerIndex>>,
+}
+
+impl CachedOwnerIndex {
+    fn serves(&self, info: &Arc<TableInfo>, subscriptions: &[Arc<TableSubscription>]) -> bool {
+        self.built.elapsed() < OWNER_INDEX_TTL
+            && Arc::ptr_eq(&self.info, info)
+            && self.members.len() == subscriptions.len()
+            && self
+                .members
+                .iter()
+                .zip(subscriptions)
+                .all(|((s, i), now)| Arc::ptr_eq(s, now) && Arc::ptr_eq(i, &now.identity()))
+    }
 }
 
 /// How a batch's deliveries go out.
@@ -210,6 +260,7 @@ impl ChangeFeeds {
             roles,
             feeds: Mutex::new(HashMap::new()),
             metrics,
+            owner_indexes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -373,6 +424,70 @@ impl ChangeFeeds {
         });
     }
 
+    /// The owner index of a table for `subscriptions`, when an owner rule decides any of them:
+    /// each rule's expression is evaluated once per distinct claims (cached), and a
+    /// subscription goes under the value its rows must carry. Subscriptions with no rule, or
+    /// whose expression failed, stay for the general path; a NULL value admits nothing.
+    async fn owner_index(
+        &self,
+        info: &TableInfo,
+        subscriptions: &[Arc<TableSubscription>],
+    ) -> Option<OwnerIndex> {
+        let mut rules: HashMap<String, Option<owner_rule::OwnerRule>> = HashMap::new();
+        let mut index = OwnerIndex::default();
+        let mut ruled: Vec<(usize, owner_rule::OwnerRule, Arc<Identity>)> = Vec::new();
+        for (s, subscription) in subscriptions.iter().enumerate() {
+            let identity = subscription.identity();
+            let rule = crate::auth::session::role_of(&identity.claims, &self.roles)
+                .ok()
+                .and_then(|role| {
+                    rules
+                        .entry(role.to_string())
+                        .or_insert_with(|| info.owner_rule(role))
+                        .clone()
+                });
+            match rule {
+                Some(rule) => ruled.push((s, rule, identity)),
+                None => index.undecided.push(s),
+            }
+        }
+        if ruled.is_empty() {
+            return None;
+        }
+        let mut distinct: HashMap<(&str, &str), &Arc<Identity>> = HashMap::new();
+        for (_, rule, identity) in &ruled {
+            distinct
+                .entry((rule.expression.as_str(), &identity.key))
+                .or_insert(identity);
+        }
+        let values: HashMap<(&str, &str), Option<String>> =
+            futures::future::join_all(distinct.into_iter().map(|(key, identity)| async move {
+                let value = self
+                    .catalog
+                    .owner_value(&self.roles, identity, key.0, &self.metrics.rls_queries)
+                    .await;
+                (key, value)
+            }))
+            .await
+            .into_iter()
+            .filter_map(|(key, value)| value.ok().map(|value| (key, value)))
+            .collect();
+        for (s, rule, identity) in &ruled {
+            match values.get(&(rule.expression.as_str(), &*identity.key)) {
+                Some(Some(value)) => index
+                    .by_column
+                    .entry(rule.column.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .push(*s),
+                Some(None) => {}
+                None => index.undecided.push(*s),
+            }
+        }
+        Some(index)
+    }
+
     /// Filters, authorizes and delivers one batch of changes to `subscriptions`.
     async fn process(
         &self,
@@ -392,29 +507,10 @@ impl ChangeFeeds {
             })
             .collect();
 
-        // Candidate deliveries: (change index, subscription index, matching binding ids).
-        let mut candidates: Vec<(usize, usize, Vec<u32>)> = Vec::new();
-        for (c, event) in events.iter().enumerate() {
-            let Some(event) = event else { continue };
-            for (s, subscription) in subscriptions.iter().enumerate() {
-                if subscription.failed() {
-                    continue;
-                }
-                let ids = matching_ids(&subscription.bindings, event);
-                if !ids.is_empty() {
-                    candidates.push((c, s, ids));
-                }
-            }
-        }
-        if candidates.is_empty() {
-            return;
-        }
-
-        // What each table needs: RLS on (or unknown) means check inserts and updates, and
-        // reduce deletes to their key.
+        // The batch's tables and what their checks need: RLS on (or unknown) means check
+        // inserts and updates, and reduce deletes to their key.
         let mut tables: HashMap<(&str, &str), Option<Arc<TableInfo>>> = HashMap::new();
-        for (c, _, _) in &candidates {
-            let event = events[*c].as_ref().expect("candidates have events");
+        for event in events.iter().flatten() {
             let key = (event.schema.as_str(), event.table.as_str());
             if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(key) {
                 let info = match self.catalog.info(key.0, key.1).await {
@@ -432,45 +528,98 @@ impl ChangeFeeds {
                 .get(&(event.schema.as_str(), event.table.as_str()))
                 .is_none_or(|info| info.as_ref().is_none_or(|info| info.rls))
         };
-
         let needs_check = |event: &ChangeEvent| {
             matches!(event.operation, EventType::Insert | EventType::Update) && protected(event)
         };
-        let owner_rule_of = |event: &ChangeEvent, identity: &Identity| {
-            let info = tables
-                .get(&(event.schema.as_str(), event.table.as_str()))?
-                .as_ref()?;
-            let role = crate::auth::session::role_of(&identity.claims, &self.roles).ok()?;
-            info.owner_rule(role)
-        };
 
-        // Owner policies: the rule's expression once per distinct claims, then compared with
-        // each row here (see owner_rule.rs).
-        let mut expressions: HashMap<(String, Arc<str>), Arc<Identity>> = HashMap::new();
-        for (c, s, _) in &candidates {
-            let event = events[*c].as_ref().expect("candidates have events");
-            if !needs_check(event) {
+        // Owner policies: per table, the subscriptions an owner rule decides, by the value a
+        // row's column must have, so that a row meets only its owners (owner_rule.rs).
+        let mut owner_indexes: HashMap<(&str, &str), Arc<OwnerIndex>> = HashMap::new();
+        for (&(schema, table), info) in &tables {
+            let Some(info) = info.as_ref().filter(|info| info.rls) else {
+                continue;
+            };
+            let checked = events
+                .iter()
+                .flatten()
+                .any(|e| e.schema == schema && e.table == table && needs_check(e));
+            if !checked {
                 continue;
             }
-            let identity = subscriptions[*s].identity();
-            if let Some(rule) = owner_rule_of(event, &identity) {
-                expressions
-                    .entry((rule.expression, identity.key.clone()))
-                    .or_insert(identity);
+            let key = (schema.to_string(), table.to_string());
+            let cached = self
+                .owner_indexes
+                .lock()
+                .expect("owner index lock")
+                .get(&key)
+                .and_then(|built| {
+                    built
+                        .iter()
+                        .find(|c| c.serves(info, subscriptions))
+                        .map(|c| c.index.clone())
+                });
+            let index = match cached {
+                Some(index) => index,
+                None => {
+                    let index = self.owner_index(info, subscriptions).await.map(Arc::new);
+                    let members = subscriptions
+                        .iter()
+                        .map(|s| (s.clone(), s.identity()))
+                        .collect();
+                    let mut cache = self.owner_indexes.lock().expect("owner index lock");
+                    for built in cache.values_mut() {
+                        built.retain(|c| c.built.elapsed() < OWNER_INDEX_TTL);
+                    }
+                    cache.retain(|_, built| !built.is_empty());
+                    cache.entry(key).or_default().push(CachedOwnerIndex {
+                        built: std::time::Instant::now(),
+                        info: info.clone(),
+                        members,
+                        index: index.clone(),
+                    });
+                    index
+                }
+            };
+            if let Some(index) = index {
+                owner_indexes.insert((schema, table), index);
             }
         }
-        let values: HashMap<(String, Arc<str>), Option<String>> =
-            futures::future::join_all(expressions.into_iter().map(|(key, identity)| async move {
-                let value = self
-                    .catalog
-                    .owner_value(&self.roles, &identity, &key.0, &self.metrics.rls_queries)
-                    .await;
-                (key, value)
-            }))
-            .await
-            .into_iter()
-            .filter_map(|(key, value)| value.ok().map(|value| (key, value)))
-            .collect();
+
+        // Candidate deliveries: (change index, subscription index, matching binding ids), and
+        // whether an owner rule already admitted the row.
+        let mut candidates: Vec<(usize, usize, Vec<u32>)> = Vec::new();
+        let mut admitted: Vec<bool> = Vec::new();
+        for (c, event) in events.iter().enumerate() {
+            let Some(event) = event else { continue };
+            let index = needs_check(event)
+                .then(|| owner_indexes.get(&(event.schema.as_str(), event.table.as_str())))
+                .flatten();
+            let mut consider = |s: usize, owner_admits: bool| {
+                let subscription = &subscriptions[s];
+                if subscription.failed() {
+                    return;
+                }
+                let ids = matching_ids(&subscription.bindings, event);
+                if !ids.is_empty() {
+                    candidates.push((c, s, ids));
+                    admitted.push(owner_admits);
+                }
+            };
+            match index {
+                Some(index) => {
+                    for s in index.owners_of(event.record.as_ref()) {
+                        consider(s, true);
+                    }
+                    for &s in &index.undecided {
+                        consider(s, false);
+                    }
+                }
+                None => (0..subscriptions.len()).for_each(|s| consider(s, false)),
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
         let mut allowed = vec![true; candidates.len()];
 
         // One visibility query per (table, claims) covering every other candidate row.
@@ -480,21 +629,10 @@ impl ChangeFeeds {
         let mut groups: Groups = HashMap::new();
         for (index, (c, s, _)) in candidates.iter().enumerate() {
             let event = events[*c].as_ref().expect("candidates have events");
-            if !needs_check(event) {
+            if admitted[index] || !needs_check(event) {
                 continue;
             }
             let identity = subscriptions[*s].identity();
-            if let Some(rule) = owner_rule_of(event, &identity) {
-                if let Some(value) = values.get(&(rule.expression, identity.key.clone())) {
-                    let visible = value.is_some()
-                        && owner_rule::row_value(event.record.as_ref(), &rule.column) == *value;
-                    if !visible {
-                        allowed[index] = false;
-                        self.metrics.rls_denied_rows.inc();
-                    }
-                    continue;
-                }
-            }
             let group = groups
                 .entry((
                     event.schema.as_str(),

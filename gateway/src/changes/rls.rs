@@ -87,7 +87,7 @@ const MAX_VALUES: usize = 200_000;
 pub struct TableCatalog {
     pool: Pool,
     cache: Mutex<CatalogCache>,
-    values: Mutex<ValueCache>,
+    values: Arc<Mutex<ValueCache>>,
 }
 
 impl TableCatalog {
@@ -95,45 +95,58 @@ impl TableCatalog {
         TableCatalog {
             pool,
             cache: Mutex::new(HashMap::new()),
-            values: Mutex::new(HashMap::new()),
+            values: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// `expression` (an owner rule's) evaluated as `identity`, as text (`None`: NULL); cached
-    /// for [`VALUE_TTL`]; `queries` counts the queries issued. An error means the general
+    /// `expression` (an owner rule's) evaluated as `identity`, as text (`None`: NULL). A value
+    /// is read once per claims and refreshed when older than [`VALUE_TTL`]: the stale value
+    /// serves while a background query refreshes it, so a batch never waits for a thousand
+    /// refreshes at once. `queries` counts the queries issued. An error means the general
     /// path must decide.
     pub async fn owner_value(
         &self,
         roles: &AllowedRoles,
-        identity: &Identity,
+        identity: &Arc<Identity>,
         expression: &str,
         queries: &prometheus::IntCounter,
     ) -> Result<Option<String>, RlsError> {
         let cache_key = (expression.to_string(), identity.key.clone());
-        if let Some((value, at)) = self.values.lock().expect("values lock").get(&cache_key) {
-            if at.elapsed() < VALUE_TTL {
+        {
+            let mut values = self.values.lock().expect("values lock");
+            if let Some((value, at)) = values.get_mut(&cache_key) {
+                if at.elapsed() >= VALUE_TTL {
+                    // Stale: refresh in the background (once: the timestamp moves now).
+                    *at = Instant::now();
+                    let (pool, roles, identity, values, queries) = (
+                        self.pool.clone(),
+                        roles.clone(),
+                        identity.clone(),
+                        self.values.clone(),
+                        queries.clone(),
+                    );
+                    let (expression, cache_key) = (expression.to_string(), cache_key.clone());
+                    tokio::spawn(async move {
+                        queries.inc();
+                        match evaluate(&pool, &roles, &identity, &expression).await {
+                            Ok(fresh) => {
+                                values
+                                    .lock()
+                                    .expect("values lock")
+                                    .insert(cache_key, (fresh, Instant::now()));
+                            }
+                            Err(_) => {
+                                // Let the next batch decide on the general path.
+                                values.lock().expect("values lock").remove(&cache_key);
+                            }
+                        }
+                    });
+                }
                 return Ok(value.clone());
             }
         }
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| RlsError::Unavailable(e.to_string()))?;
         queries.inc();
-        let rows = session::query_as(
-            &mut client,
-            &identity.claims,
-            roles,
-            &format!("SELECT ({expression})::text"),
-            &[],
-        )
-        .await
-        .map_err(|e| match e {
-            QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
-            QueryAsError::Query(e) => classify(e),
-        })?;
-        let value: Option<String> = rows.first().and_then(|row| row.get(0));
+        let value = evaluate(&self.pool, roles, identity, expression).await?;
         let mut values = self.values.lock().expect("values lock");
         if values.len() >= MAX_VALUES {
             values.clear();
@@ -223,6 +236,32 @@ impl TableCatalog {
             .insert(cache_key, (info.clone(), Instant::now()));
         Ok(info)
     }
+}
+
+/// `expression` evaluated as `identity`, as text.
+async fn evaluate(
+    pool: &Pool,
+    roles: &AllowedRoles,
+    identity: &Identity,
+    expression: &str,
+) -> Result<Option<String>, RlsError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| RlsError::Unavailable(e.to_string()))?;
+    let rows = session::query_as(
+        &mut client,
+        &identity.claims,
+        roles,
+        &format!("SELECT ({expression})::text"),
+        &[],
+    )
+    .await
+    .map_err(|e| match e {
+        QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
+        QueryAsError::Query(e) => classify(e),
+    })?;
+    Ok(rows.first().and_then(|row| row.get(0)))
 }
 
 /// The visibility query of a table (text of the SQL; identifiers and catalog type names only,
