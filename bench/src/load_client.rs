@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Sockets per source address before moving to the next 127.0.0.x (of ~28,000 ephemeral ports).
-const SOCKETS_PER_SOURCE: u32 = 20_000;
+/// Sockets per source address before moving to the next 127.0.0.x (of ~28,000 ephemeral ports,
+/// some of which earlier runs' connections hold in TIME_WAIT).
+const SOCKETS_PER_SOURCE: u32 = 5_000;
 const READ_SIZE: usize = 16 * 1024;
 
 static OPENED: AtomicU32 = AtomicU32::new(0);
@@ -61,6 +62,19 @@ impl LoadSocket {
     /// Connects to `ws://127.0.0.1:<port>/realtime/v1/websocket?apikey=<apikey>&vsn=1.0.0`.
     pub async fn connect(port: u16, apikey: &str) -> anyhow::Result<LoadSocket> {
         let socket = TcpSocket::new_v4()?;
+        // Choose the source port at connect time, per destination, not at bind time from the
+        // whole range (which slows every bind down as the ports fill up).
+        let yes: libc::c_int = 1;
+        // SAFETY: setsockopt reads `yes` for the length given; the descriptor is the socket's.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&yes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         socket
             .bind(SocketAddr::new(next_source(), 0))
             .context("bind a 127.0.0.x source address")?;

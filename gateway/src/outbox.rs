@@ -3,12 +3,15 @@
 //!
 //! The queue is bounded. A producer never waits on it: a full queue means the client does not
 //! read fast enough, and the connection is kicked (closed with a reason) instead of slowing the
-//! fanout for everyone else or growing memory without bound.
+//! fanout for everyone else or growing memory without bound. It is a plain `VecDeque` behind a
+//! lock rather than a channel: an idle connection's empty queue allocates nothing, where a
+//! channel holds a block of slots for each of tens of thousands of connections.
 
 use crate::phoenix::frame::OutFrame;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Process-unique connection id.
 pub type ConnId = u64;
@@ -25,31 +28,42 @@ pub struct Kick {
 /// The sending side of one connection, shared by everything that pushes to it.
 pub struct Outbox {
     pub id: ConnId,
-    sender: mpsc::Sender<OutFrame>,
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Frames were queued.
+    ready: Notify,
     kicked: AtomicBool,
     kick: Mutex<Option<Kick>>,
     kick_signal: Notify,
 }
 
-/// The receiving side, owned by the connection's writer task.
+struct Queue {
+    frames: VecDeque<OutFrame>,
+    /// The writer is gone.
+    closed: bool,
+}
+
+/// The receiving side, owned by the connection's writer task; dropping it closes the queue.
 pub struct OutboxReceiver {
-    pub frames: mpsc::Receiver<OutFrame>,
     outbox: Arc<Outbox>,
 }
 
 impl Outbox {
     /// A new connection's queue of at most `capacity` frames.
     pub fn new(capacity: usize) -> (Arc<Outbox>, OutboxReceiver) {
-        let (sender, frames) = mpsc::channel(capacity.max(1));
         let outbox = Arc::new(Outbox {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            sender,
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
             kicked: AtomicBool::new(false),
             kick: Mutex::new(None),
             kick_signal: Notify::new(),
         });
         let receiver = OutboxReceiver {
-            frames,
             outbox: outbox.clone(),
         };
         (outbox, receiver)
@@ -61,17 +75,22 @@ impl Outbox {
         if self.kicked.load(Ordering::Relaxed) {
             return false;
         }
-        match self.sender.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick(Kick {
-                    code: 1008,
-                    reason: "too slow: the client did not read its messages fast enough".into(),
-                });
-                false
-            }
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if queue.closed {
+            return false;
         }
+        if queue.frames.len() >= self.capacity {
+            drop(queue);
+            self.kick(Kick {
+                code: 1008,
+                reason: "too slow: the client did not read its messages fast enough".into(),
+            });
+            return false;
+        }
+        queue.frames.push_back(frame);
+        drop(queue);
+        self.ready.notify_one();
+        true
     }
 
     /// Asks the writer to close the connection with `kick` after what is already queued. The
@@ -90,7 +109,7 @@ impl Outbox {
 
     /// Whether the connection's writer is gone.
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.queue.lock().expect("outbox lock").closed
     }
 }
 
@@ -98,6 +117,38 @@ impl OutboxReceiver {
     /// The outbox this receiver drains.
     pub fn outbox(&self) -> Arc<Outbox> {
         self.outbox.clone()
+    }
+
+    /// The next queued frame, waiting for one.
+    pub async fn recv(&mut self) -> OutFrame {
+        let outbox = self.outbox.clone();
+        loop {
+            // Created before looking, so a frame queued in between is not missed (notify_one
+            // keeps a permit when nobody waits yet).
+            let ready = outbox.ready.notified();
+            if let Some(frame) = self.try_recv() {
+                return frame;
+            }
+            ready.await;
+        }
+    }
+
+    /// The next queued frame, if any.
+    pub fn try_recv(&mut self) -> Option<OutFrame> {
+        self.outbox
+            .queue
+            .lock()
+            .expect("outbox lock")
+            .frames
+            .pop_front()
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.outbox.queue.lock().expect("outbox lock");
+        queue.closed = true;
+        queue.frames = VecDeque::new();
     }
 }
 

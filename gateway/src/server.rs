@@ -173,7 +173,7 @@ async fn websocket(
     };
     let config = &gateway.config;
     let upgrade = upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes);

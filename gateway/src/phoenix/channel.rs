@@ -23,17 +23,6 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-
-/// Events other tasks send to the connection's reader.
-#[derive(Debug)]
-pub enum Internal {
-    /// The token of the channel joined with `join_ref` on `topic` expired.
-    TokenExpired {
-        topic: String,
-        join_ref: Option<String>,
-    },
-}
 
 /// A joined channel.
 struct Joined {
@@ -48,7 +37,6 @@ struct Joined {
     presence: Option<PresenceMembership>,
     feeds: Vec<(FeedMembership, Arc<TableSubscription>)>,
     tracked: bool,
-    expiry: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A refused request: the reason goes back in an error reply.
@@ -98,7 +86,6 @@ pub struct Channels {
     /// The socket's identity (`apikey`), used when a join brings no `access_token`.
     identity: Option<Arc<Identity>>,
     joined: HashMap<String, Joined>,
-    internal: mpsc::UnboundedSender<Internal>,
     rate: RateLimit,
 }
 
@@ -113,7 +100,6 @@ impl Channels {
         outbox: Arc<Outbox>,
         vsn: Vsn,
         identity: Option<Arc<Identity>>,
-        internal: mpsc::UnboundedSender<Internal>,
     ) -> Channels {
         let rate = RateLimit::new(gateway.config.max_events_per_second);
         Channels {
@@ -122,7 +108,6 @@ impl Channels {
             vsn,
             identity,
             joined: HashMap::new(),
-            internal,
             rate,
         }
     }
@@ -300,7 +285,6 @@ impl Channels {
             presence: None,
             feeds: Vec::new(),
             tracked: false,
-            expiry: None,
         };
         if presence_enabled {
             match self.gateway.presences.join(&slug, subscriber.clone()).await {
@@ -365,7 +349,6 @@ impl Channels {
                 );
             }
         }
-        joined.expiry = self.expiry_timer(&frame.topic, frame.join_ref.clone(), &identity);
         self.joined.insert(frame.topic.clone(), joined);
         Ok(())
     }
@@ -448,39 +431,35 @@ impl Channels {
         Ok(())
     }
 
-    /// Closes the channel when its token expires.
-    fn expiry_timer(
-        &self,
-        topic: &str,
-        join_ref: Option<String>,
-        identity: &Identity,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let exp = identity.expires_at()?;
+    /// When the first joined channel's token expires (the reader waits for it).
+    pub fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let exp = self
+            .joined
+            .values()
+            .filter_map(|j| j.identity.expires_at())
+            .min()?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let wait = Duration::from_secs(u64::try_from(exp - now).unwrap_or(0));
-        let internal = self.internal.clone();
-        let topic = topic.to_string();
-        Some(tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = internal.send(Internal::TokenExpired { topic, join_ref });
-        }))
+        Some(tokio::time::Instant::now() + wait)
     }
 
-    /// Handles an internal event.
-    pub async fn internal(&mut self, event: Internal) {
-        match event {
-            Internal::TokenExpired { topic, join_ref } => {
-                let current = self
-                    .joined
-                    .get(&topic)
-                    .is_some_and(|j| j.subscriber.join_ref == join_ref);
-                if current {
-                    let exp = self.joined[&topic].identity.expires_at().unwrap_or(0);
-                    let ago = time::OffsetDateTime::now_utc().unix_timestamp() - exp;
-                    self.shut(&topic, &format!("Token has expired {ago} seconds ago"))
-                        .await;
-                }
-            }
+    /// Closes every channel whose token has expired, with a `system` message saying so.
+    pub async fn close_expired(&mut self) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expired: Vec<(String, i64)> = self
+            .joined
+            .iter()
+            .filter_map(|(topic, j)| {
+                let exp = j.identity.expires_at()?;
+                (exp <= now).then(|| (topic.clone(), exp))
+            })
+            .collect();
+        for (topic, exp) in expired {
+            self.shut(
+                &topic,
+                &format!("Token has expired {} seconds ago", now - exp),
+            )
+            .await;
         }
     }
 
@@ -549,13 +528,9 @@ impl Channels {
                 self.shut(&frame.topic, &reason).await;
             }
             Ok(access) => {
-                let expiry = self.expiry_timer(&frame.topic, frame.join_ref.clone(), &identity);
                 let joined = self.joined.get_mut(&frame.topic).expect("checked above");
                 for (_, subscription) in &joined.feeds {
                     subscription.set_identity(identity.clone());
-                }
-                if let Some(old) = std::mem::replace(&mut joined.expiry, expiry) {
-                    old.abort();
                 }
                 joined.identity = identity;
                 joined.access = access;
@@ -670,9 +645,6 @@ impl Channels {
     /// Unregisters a channel everywhere.
     async fn close(&self, joined: Joined) {
         joined.subscriber.close();
-        if let Some(expiry) = joined.expiry {
-            expiry.abort();
-        }
         self.gateway.broadcasts.leave(&joined.room);
         if let Some(presence) = &joined.presence {
             self.gateway.presences.leave(presence);

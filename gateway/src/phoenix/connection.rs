@@ -2,8 +2,8 @@
 //! and a writer that drains the connection's [`Outbox`] onto the socket.
 //!
 //! The reader owns the connection's protocol state (its joined [`Channels`]), so nothing in it
-//! is shared or locked. Other tasks reach the reader through the internal channel (a token
-//! expiring) and reach the client only through the outbox.
+//! is shared or locked; it also waits for the first joined token to expire. Other tasks reach
+//! the client only through the outbox.
 
 use super::channel::Channels;
 use super::frame::{self, OutFrame, Vsn};
@@ -13,7 +13,6 @@ use crate::state::{ConnectionSlot, Gateway};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// Runs a connection until the client leaves, goes idle, is kicked, or the gateway shuts down.
@@ -60,11 +59,11 @@ async fn read(
     vsn: Vsn,
     identity: Option<Arc<Identity>>,
 ) {
-    let (internal_tx, mut internal) = mpsc::unbounded_channel();
-    let mut channels = Channels::new(gateway.clone(), outbox.clone(), vsn, identity, internal_tx);
+    let mut channels = Channels::new(gateway.clone(), outbox.clone(), vsn, identity);
     let mut shutdown = gateway.shutdown_signal();
     let idle = gateway.config.idle_timeout();
     loop {
+        let expiry = channels.next_expiry();
         tokio::select! {
             message = tokio::time::timeout(idle, stream.next()) => {
                 let message = match message {
@@ -88,7 +87,9 @@ async fn read(
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 match decoded {
-                    Ok(frame) => channels.handle(frame).await,
+                    // Boxed: the handlers' futures are large, and inlined they would make every
+                    // idle connection's task as large as the largest of them.
+                    Ok(frame) => Box::pin(channels.handle(frame)).await,
                     Err(e) => {
                         gateway.metrics.frames_rejected.inc();
                         outbox.send(malformed_reply(vsn, &e.to_string()));
@@ -98,14 +99,22 @@ async fn read(
                     break;
                 }
             }
-            Some(event) = internal.recv() => channels.internal(event).await,
+            _ = until(expiry) => Box::pin(channels.close_expired()).await,
             _ = shutdown.changed() => {
                 outbox.kick(Kick { code: 1001, reason: "the server is shutting down".into() });
                 break;
             }
         }
     }
-    channels.leave_all().await;
+    Box::pin(channels.leave_all()).await;
+}
+
+/// Waits until `deadline`, or forever.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tungstenite's read errors that deserve a specific close code.
@@ -148,22 +157,21 @@ async fn write(
     loop {
         tokio::select! {
             biased;
-            frame = receiver.frames.recv() => {
-                let Some(frame) = frame else { break };
+            frame = receiver.recv() => {
                 if sink.feed(to_message(frame)).await.is_err() {
                     return;
                 }
                 // Take whatever else is queued before flushing: one write for a burst.
                 let mut batch = 1;
                 while batch < 64 {
-                    match receiver.frames.try_recv() {
-                        Ok(frame) => {
+                    match receiver.try_recv() {
+                        Some(frame) => {
                             if sink.feed(to_message(frame)).await.is_err() {
                                 return;
                             }
                             batch += 1;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 if sink.flush().await.is_err() {
@@ -172,7 +180,7 @@ async fn write(
             }
             kick = outbox.kicked() => {
                 // Flush what is already queued, then close with the reason.
-                while let Ok(frame) = receiver.frames.try_recv() {
+                while let Some(frame) = receiver.try_recv() {
                     if sink.feed(to_message(frame)).await.is_err() {
                         return;
                     }
