@@ -70,8 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if i % 2 == gateway || i >= sent.len() {
                     continue;
                 }
-                let at = sent[i].load(Ordering::Relaxed);
-                if at > 0 {
+                let at = sent[i].swap(u64::MAX, Ordering::Relaxed);
+                if at > 0 && at != u64::MAX {
                     histogram.record(now.saturating_sub(at));
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
@@ -121,6 +121,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unseen: Vec<usize> = (0..args.members)
+        .filter(|&i| sent[i].load(Ordering::Relaxed) != u64::MAX)
+        .collect();
+    if !unseen.is_empty() {
+        println!("  not seen on the other gateway: members {unseen:?}");
     }
     println!("| members | seen on the other gateway | p50 | p99 | p99.9 | CPU split |");
     println!("| --- | --- | --- | --- | --- | --- |");
