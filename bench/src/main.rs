@@ -42,6 +42,9 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Start the scenarios' shared clock, so that no measured event is at time zero (which the
+    // presence scenario reads as "not sent yet").
+    measure::now_micros();
     println!("{}", machine::describe());
     match cli.scenario {
         Scenario::Cdc(args) => cdc::run(args).await,
