@@ -12,7 +12,7 @@
 
 use crate::load_client::raise_open_files_limit;
 use crate::measure::{CpuSplit, Histogram};
-use crate::stack::{open_joined, start_stack};
+use crate::stack::{gateway_pids, open_joined, start_stack};
 use realtime_tests::{http_get, token};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +68,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await;
     stack.publish("public.bench_rls").await;
     let port = stack.gateways[0].port;
-    let pid = stack.gateways[0].pid().unwrap_or(0);
     println!(
         "changes-rls: {} subscribers (distinct users) on one gateway, {} inserts/s for {} s",
         args.subscribers, args.rate, args.seconds
@@ -121,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Inserters: 8 connections, each inserting its share of the rate, one row per transaction.
     let queries_before = rls_queries(port).await;
-    let cpu = CpuSplit::start(&[("gateway", pid)]);
+    let cpu = CpuSplit::start(gateway_pids(&stack));
     let started = Instant::now();
     let total = args.rate * args.seconds;
     let writers = 8u64;

@@ -9,7 +9,7 @@
 
 use crate::load_client::{field_after, raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use crate::stack::{open_joined, start_stack};
+use crate::stack::{gateway_pids, open_joined, start_stack};
 use realtime_tests::token;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,13 +81,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             json!({"config": {"broadcast": {"self": false}}}),
         )
         .await?;
-    let pids: Vec<(String, u32)> = stack
-        .gateways
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| g.pid().map(|pid| (format!("gateway {i}"), pid)))
-        .collect();
-    let pid_refs: Vec<(&str, u32)> = pids.iter().map(|(l, p)| (l.as_str(), *p)).collect();
 
     println!("| publishes/s | deliveries/s | delivered | p50 | p99 | p99.9 | CPU split |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -97,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         delivered.store(0, Ordering::Relaxed);
         let messages = rate * args.seconds;
         let expected = messages * args.subscribers as u64;
-        let cpu = CpuSplit::start(&pid_refs);
+        let cpu = CpuSplit::start(gateway_pids(&stack));
         let first_send = now_micros();
         let period = Duration::from_secs_f64(1.0 / *rate as f64);
         let mut tick = tokio::time::interval(period);

@@ -10,7 +10,7 @@
 
 use crate::load_client::{raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use crate::stack::start_stack;
+use crate::stack::{gateway_pids, start_stack};
 use realtime_tests::token;
 use serde_json::json;
 use std::sync::Arc;
@@ -30,7 +30,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     raise_open_files_limit(4 * args.users as u64 + 10_000)?;
     let stack = start_stack(1).await;
     let port = stack.gateways[0].port;
-    let pid = stack.gateways[0].pid().unwrap_or(0);
     let db = stack.db.connect().await;
     db.execute(
         "WITH made AS (
@@ -53,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- | --- | --- |");
     for private in [true, false] {
         let histogram = Arc::new(Histogram::new());
-        let cpu = CpuSplit::start(&[("gateway", pid)]);
+        let cpu = CpuSplit::start(gateway_pids(&stack));
         let started = Instant::now();
         let tasks: Vec<_> = (0..args.users)
             .map(|u| {

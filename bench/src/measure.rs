@@ -123,10 +123,13 @@ pub struct CpuSplit {
 
 impl CpuSplit {
     /// Starts a window over `processes` (label, pid); this process is added as "load generator".
-    pub fn start(processes: &[(&str, u32)]) -> CpuSplit {
+    pub fn start(processes: impl IntoIterator<Item = (String, u32)>) -> CpuSplit {
         let mut all: Vec<(String, u32, f64)> = processes
-            .iter()
-            .map(|(label, pid)| (label.to_string(), *pid, process_cpu_seconds(*pid)))
+            .into_iter()
+            .map(|(label, pid)| {
+                let start = process_cpu_seconds(pid);
+                (label, pid, start)
+            })
             .collect();
         let me = std::process::id();
         all.push(("load generator".into(), me, process_cpu_seconds(me)));

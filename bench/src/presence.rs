@@ -7,7 +7,7 @@
 
 use crate::load_client::{raise_open_files_limit, LoadSocket};
 use crate::measure::{now_micros, CpuSplit, Histogram};
-use crate::stack::{open_joined, start_stack};
+use crate::stack::{gateway_pids, open_joined, start_stack};
 use realtime_tests::token;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,14 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         |i| presence_join(&format!("m{i}")),
     )
     .await?;
-    let pids: Vec<(String, u32)> = stack
-        .gateways
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| g.pid().map(|pid| (format!("gateway {i}"), pid)))
-        .collect();
-    let pid_refs: Vec<(&str, u32)> = pids.iter().map(|(l, p)| (l.as_str(), *p)).collect();
-    let cpu = CpuSplit::start(&pid_refs);
+    let cpu = CpuSplit::start(gateway_pids(&stack));
     // Member i tracks at start + i / rate, then reads (and drops) what it is sent, as a client
     // would.
     let start = tokio::time::Instant::now() + Duration::from_millis(100);

@@ -60,3 +60,13 @@ pub async fn start_stack(gateways: usize) -> Stack {
     durable(Postgres::shared());
     Stack::start(gateways, BENCH_GATEWAY_ENV).await
 }
+
+/// The gateways' process ids, labelled `gateway <n>`, for a [`crate::measure::CpuSplit`].
+pub fn gateway_pids(stack: &Stack) -> Vec<(String, u32)> {
+    stack
+        .gateways
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| g.pid().map(|pid| (format!("gateway {i}"), pid)))
+        .collect()
+}

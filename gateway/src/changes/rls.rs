@@ -245,23 +245,29 @@ async fn evaluate(
     identity: &Identity,
     expression: &str,
 ) -> Result<Option<String>, RlsError> {
+    let sql = format!("SELECT ({expression})::text");
+    let rows = query_as(pool, roles, identity, &sql, &[]).await?;
+    Ok(rows.first().and_then(|row| row.get(0)))
+}
+
+/// `sql` run as `identity` on a pooled connection, its failures sorted into [`RlsError`]s.
+async fn query_as(
+    pool: &Pool,
+    roles: &AllowedRoles,
+    identity: &Identity,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, RlsError> {
     let mut client = pool
         .get()
         .await
         .map_err(|e| RlsError::Unavailable(e.to_string()))?;
-    let rows = session::query_as(
-        &mut client,
-        &identity.claims,
-        roles,
-        &format!("SELECT ({expression})::text"),
-        &[],
-    )
-    .await
-    .map_err(|e| match e {
-        QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
-        QueryAsError::Query(e) => classify(e),
-    })?;
-    Ok(rows.first().and_then(|row| row.get(0)))
+    session::query_as(&mut client, &identity.claims, roles, sql, params)
+        .await
+        .map_err(|e| match e {
+            QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
+            QueryAsError::Query(e) => classify(e),
+        })
 }
 
 /// The visibility query of a table (text of the SQL; identifiers and catalog type names only,
@@ -325,22 +331,7 @@ pub async fn visible(
         .iter()
         .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| RlsError::Unavailable(e.to_string()))?;
-    let rows = session::query_as(
-        &mut client,
-        &identity.claims,
-        roles,
-        &visibility_sql(info),
-        &params,
-    )
-    .await
-    .map_err(|e| match e {
-        QueryAsError::Session(e) => RlsError::Denied(e.to_string()),
-        QueryAsError::Query(e) => classify(e),
-    })?;
+    let rows = query_as(pool, roles, identity, &visibility_sql(info), &params).await?;
     let mut seen = vec![false; keys.len()];
     for row in rows {
         let ordinal: i64 = row.get(0);

@@ -353,6 +353,15 @@ impl Channels {
         Ok(())
     }
 
+    /// A pooled Postgres connection for an authorization query.
+    async fn connection(&self) -> Result<crate::db::Pooled, Refusal> {
+        self.gateway
+            .pool
+            .get()
+            .await
+            .map_err(|e| Refusal(format!("authorization is unavailable: {e}")))
+    }
+
     /// Channel authorization under the identity's claims (RLS on `realtime.channels`).
     async fn authorize(
         &self,
@@ -360,12 +369,7 @@ impl Channels {
         slug: &str,
         private: bool,
     ) -> Result<ChannelAccess, Refusal> {
-        let mut client = self
-            .gateway
-            .pool
-            .get()
-            .await
-            .map_err(|e| Refusal(format!("authorization is unavailable: {e}")))?;
+        let mut client = self.connection().await?;
         let access = channel_access::authorize(
             &mut client,
             &identity.claims,
@@ -396,12 +400,7 @@ impl Channels {
         if tables.is_empty() {
             return Ok(());
         }
-        let mut client = self
-            .gateway
-            .pool
-            .get()
-            .await
-            .map_err(|e| Refusal(format!("authorization is unavailable: {e}")))?;
+        let mut client = self.connection().await?;
         let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
         let rows = crate::auth::session::query_as(
             &mut client,
