@@ -424,20 +424,21 @@ impl ChangeFeeds {
         });
     }
 
-    /// The owner index of a table for `subscriptions`, when an owner rule decides any of them:
-    /// each rule's expression is evaluated once per distinct claims (cached), and a
-    /// subscription goes under the value its rows must carry. Subscriptions with no rule, or
-    /// whose expression failed, stay for the general path; a NULL value admits nothing.
+    /// The owner index of a table for `members` (subscriptions and the identities they act as,
+    /// in order), when an owner rule decides any of them: each rule's expression is evaluated
+    /// once per distinct claims (cached), and a subscription goes under the value its rows must
+    /// carry. Subscriptions with no rule, or whose expression failed, stay for the general
+    /// path; a NULL value admits nothing.
     async fn owner_index(
         &self,
         info: &TableInfo,
-        subscriptions: &[Arc<TableSubscription>],
+        members: &[(Arc<TableSubscription>, Arc<Identity>)],
     ) -> Option<OwnerIndex> {
         let mut rules: HashMap<String, Option<owner_rule::OwnerRule>> = HashMap::new();
         let mut index = OwnerIndex::default();
         let mut ruled: Vec<(usize, owner_rule::OwnerRule, Arc<Identity>)> = Vec::new();
-        for (s, subscription) in subscriptions.iter().enumerate() {
-            let identity = subscription.identity();
+        for (s, (_, identity)) in members.iter().enumerate() {
+            let identity = identity.clone();
             let rule = crate::auth::session::role_of(&identity.claims, &self.roles)
                 .ok()
                 .and_then(|role| {
@@ -561,11 +562,12 @@ impl ChangeFeeds {
             let index = match cached {
                 Some(index) => index,
                 None => {
-                    let index = self.owner_index(info, subscriptions).await.map(Arc::new);
-                    let members = subscriptions
+                    // The identities are read once, and the index is built from exactly these.
+                    let members: Vec<(Arc<TableSubscription>, Arc<Identity>)> = subscriptions
                         .iter()
                         .map(|s| (s.clone(), s.identity()))
                         .collect();
+                    let index = self.owner_index(info, &members).await.map(Arc::new);
                     let mut cache = self.owner_indexes.lock().expect("owner index lock");
                     for built in cache.values_mut() {
                         built.retain(|c| c.built.elapsed() < OWNER_INDEX_TTL);
