@@ -88,6 +88,11 @@ async fn apply_locked(client: &mut Client) -> Result<Vec<&'static str>, Migratio
             reason: describe(&e),
         };
         let tx = client.transaction().await.map_err(failed)?;
+        // The migrations' `DROP ... IF EXISTS` would log a NOTICE each ("does not exist,
+        // skipping"): noise in every first start's log.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(failed)?;
         tx.batch_execute(migration.sql).await.map_err(failed)?;
         tx.execute(
             "INSERT INTO realtime.schema_migrations (version, name) VALUES ($1, $2)",
