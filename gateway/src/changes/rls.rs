@@ -88,7 +88,13 @@ pub struct TableCatalog {
     pool: Pool,
     cache: Mutex<CatalogCache>,
     values: Arc<Mutex<ValueCache>>,
+    /// Background refreshes of values in flight at most ([`REFRESH_SLOTS`]).
+    refreshes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Owner values refreshed at once: a quarter of a default pool, leaving the rest to the
+/// queries a batch waits for.
+const REFRESH_SLOTS: usize = 2;
 
 impl TableCatalog {
     pub fn new(pool: Pool) -> TableCatalog {
@@ -96,13 +102,14 @@ impl TableCatalog {
             pool,
             cache: Mutex::new(HashMap::new()),
             values: Arc::new(Mutex::new(HashMap::new())),
+            refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
         }
     }
 
     /// `expression` (an owner rule's) evaluated as `identity`, as text (`None`: NULL). A value
     /// is read once per claims and refreshed when older than [`VALUE_TTL`]: the stale value
-    /// serves while a background query refreshes it, so a batch never waits for a thousand
-    /// refreshes at once. `queries` counts the queries issued. An error means the general
+    /// serves while a background query refreshes it (at most [`REFRESH_SLOTS`] at once), so a
+    /// batch never waits for a thousand refreshes. `queries` counts the queries issued. An error means the general
     /// path must decide.
     pub async fn owner_value(
         &self,
@@ -115,8 +122,13 @@ impl TableCatalog {
         {
             let mut values = self.values.lock().expect("values lock");
             if let Some((value, at)) = values.get_mut(&cache_key) {
-                if at.elapsed() >= VALUE_TTL {
-                    // Stale: refresh in the background (once: the timestamp moves now).
+                // Stale: refresh in the background, a few at a time so that the feed's own
+                // queries (catalog, general path) always find a free connection; a value
+                // that finds no refresh slot is served stale and tried again next batch.
+                let slot = (at.elapsed() >= VALUE_TTL)
+                    .then(|| self.refreshes.clone().try_acquire_owned().ok())
+                    .flatten();
+                if let Some(slot) = slot {
                     *at = Instant::now();
                     let (pool, roles, identity, values, queries) = (
                         self.pool.clone(),
@@ -127,6 +139,7 @@ impl TableCatalog {
                     );
                     let (expression, cache_key) = (expression.to_string(), cache_key.clone());
                     tokio::spawn(async move {
+                        let _slot = slot;
                         queries.inc();
                         match evaluate(&pool, &roles, &identity, &expression).await {
                             Ok(fresh) => {
