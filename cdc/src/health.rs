@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::metrics;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -42,20 +43,8 @@ pub struct CdcMetrics {
 impl CdcMetrics {
     pub fn new() -> CdcMetrics {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let counter = |name: &str, help: &str| metrics::counter(&registry, name, help);
+        let gauge = |name: &str, help: &str| metrics::gauge(&registry, name, help);
         CdcMetrics {
             events_published: counter(
                 "realtime_cdc_events_published_total",
@@ -305,8 +294,6 @@ async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&state.metrics.registry.gather())
-        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"));
+    let text = metrics::encode(&state.metrics.registry);
     ([("content-type", "text/plain; version=0.0.4")], text)
 }

@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics (`GET /metrics`). Counters are incremented where things
 //! happen; gauges of current sizes are set when scraped.
 
+use nself_realtime_shared::metrics;
 use prometheus::{IntCounter, IntGauge, Registry};
 
 /// Every metric of a gateway.
@@ -31,20 +32,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let counter = |name: &str, help: &str| metrics::counter(&registry, name, help);
+        let gauge = |name: &str, help: &str| metrics::gauge(&registry, name, help);
         Metrics {
             connections_total: counter(
                 "realtime_gateway_connections_total",
@@ -105,8 +94,6 @@ impl Metrics {
 
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+        metrics::encode(&self.registry)
     }
 }

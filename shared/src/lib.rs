@@ -10,6 +10,7 @@ pub mod event;
 pub mod jwt;
 pub mod local_postgres;
 pub mod lsn;
+pub mod metrics;
 pub mod nats;
 pub mod postgres_error;
 pub mod sql;
