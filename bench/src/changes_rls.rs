@@ -13,7 +13,7 @@
 use crate::load_client::raise_open_files_limit;
 use crate::measure::{CpuSplit, Histogram};
 use crate::stack::{gateway_pids, open_joined, start_stack};
-use realtime_tests::{http_get, token};
+use realtime_tests::token;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,18 +38,6 @@ fn wall_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// `realtime_gateway_rls_queries_total` of the gateway on `port`.
-async fn rls_queries(port: u16) -> f64 {
-    let Some((_, body)) = http_get(port, "/metrics").await else {
-        return f64::NAN;
-    };
-    body.lines()
-        .find(|l| l.starts_with("realtime_gateway_rls_queries_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -119,7 +107,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Inserters: 8 connections, each inserting its share of the rate, one row per transaction.
-    let queries_before = rls_queries(port).await;
+    const RLS_QUERIES: &str = "realtime_gateway_rls_queries_total";
+    let rls_queries = || async {
+        stack.gateways[0]
+            .metric(RLS_QUERIES)
+            .await
+            .unwrap_or(f64::NAN)
+    };
+    let queries_before = rls_queries().await;
     let cpu = CpuSplit::start(gateway_pids(&stack));
     let started = Instant::now();
     let total = args.rate * args.seconds;
@@ -153,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    let queries = rls_queries(port).await - queries_before;
+    let queries = rls_queries().await - queries_before;
     let got = delivered.load(Ordering::Relaxed);
     println!("| inserts/s | rows delivered | delivered/s | p50 | p99 | foreign rows | RLS queries/s | rows × subscribers/s | CPU split |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");

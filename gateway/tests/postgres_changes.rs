@@ -2,7 +2,7 @@
 //! their ids, typed values, filters, Row Level Security (isolation, batching, a policy that
 //! raises), SUBSCRIBED meaning live, and resuming with `since`.
 
-use realtime_tests::{http_get, token, PhoenixClient, Stack};
+use realtime_tests::{token, PhoenixClient, Stack};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -261,12 +261,9 @@ async fn rls_isolates_users_in_batched_queries_and_a_raising_policy_hurts_only_i
     assert!(leaked.is_none());
 
     // Batching: far fewer visibility queries than rows × subscribers.
-    let (_, metrics) = http_get(gateway.port, "/metrics").await.unwrap();
-    let queries: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("realtime_gateway_rls_queries_total "))
-        .unwrap()
-        .parse()
+    let queries = gateway
+        .metric("realtime_gateway_rls_queries_total")
+        .await
         .unwrap();
     eprintln!("{queries} RLS queries for 200 rows x 3 subscribers");
     assert!(
@@ -337,12 +334,9 @@ async fn owner_policies_take_the_fast_path_and_stay_isolated() {
             .await;
         assert!(extra.is_none(), "{} received {extra:?}", clients[i].0);
     }
-    let (_, metrics) = http_get(gateway.port, "/metrics").await.unwrap();
-    let queries: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("realtime_gateway_rls_queries_total "))
-        .unwrap()
-        .parse()
+    let queries = gateway
+        .metric("realtime_gateway_rls_queries_total")
+        .await
         .unwrap();
     // One per user, again when a value is older than 2 s: a handful, whatever the batches.
     assert!(

@@ -92,6 +92,14 @@ impl GatewayProcess {
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
     }
+
+    /// The value of the (unlabelled) metric `name` on `/metrics`, if the gateway reports it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = crate::http_get(self.port, "/metrics").await?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
 }
 
 /// A signed test token (HS256 with [`TEST_JWT_SECRET`]) carrying `claims`; an `exp` one hour
