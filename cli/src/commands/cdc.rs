@@ -6,6 +6,47 @@ use anyhow::anyhow;
 use nself_realtime_cdc::service::{self, BusConfig, CdcConfig, StartError};
 use nself_realtime_shared::config;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// What the CDC streams and keeps, shared by `cdc` and `up`.
+#[derive(clap::Args)]
+pub struct StreamArgs {
+    /// Replication slot.
+    #[arg(long, env = "REALTIME_SLOT", default_value = config::DEFAULT_SLOT)]
+    slot: String,
+    /// Base name of the publications.
+    #[arg(long, env = "REALTIME_PUBLICATION", default_value = config::DEFAULT_PUBLICATION)]
+    publication: String,
+    /// Retention of table changes, in seconds (the replay window).
+    #[arg(long, env = "REALTIME_MESSAGE_TTL", default_value_t = config::DEFAULT_MESSAGE_TTL_SECS.to_string())]
+    message_ttl: String,
+    /// NOTIFY channels to bridge to realtime.notify.<channel> (comma list).
+    #[arg(long, env = "REALTIME_NOTIFY_CHANNELS", default_value = "")]
+    notify_channels: String,
+}
+
+/// [`StreamArgs`] checked.
+pub struct Stream {
+    pub slot: String,
+    pub publication: String,
+    pub message_ttl: Duration,
+    pub notify_channels: Vec<String>,
+}
+
+impl StreamArgs {
+    /// Checks the names and the retention (exit 2 with the fix on a bad one).
+    pub fn validate(&self) -> Result<Stream, CliError> {
+        let usage = CliError::usage;
+        Ok(Stream {
+            slot: config::plain_identifier("REALTIME_SLOT", &self.slot).map_err(usage)?,
+            publication: config::plain_identifier("REALTIME_PUBLICATION", &self.publication)
+                .map_err(usage)?,
+            message_ttl: config::seconds("REALTIME_MESSAGE_TTL", &self.message_ttl)
+                .map_err(usage)?,
+            notify_channels: config::comma_list(&self.notify_channels),
+        })
+    }
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,18 +56,8 @@ pub struct Args {
     /// NATS with JetStream (comma list for a cluster; credentials may be in the URL).
     #[arg(long, env = "NATS_URL")]
     nats_url: String,
-    /// Replication slot.
-    #[arg(long, env = "REALTIME_SLOT", default_value = config::DEFAULT_SLOT)]
-    slot: String,
-    /// Base name of the publications.
-    #[arg(long, env = "REALTIME_PUBLICATION", default_value = config::DEFAULT_PUBLICATION)]
-    publication: String,
-    /// JetStream retention of table changes, in seconds (the replay window).
-    #[arg(long, env = "REALTIME_MESSAGE_TTL", default_value_t = config::DEFAULT_MESSAGE_TTL_SECS.to_string())]
-    message_ttl: String,
-    /// NOTIFY channels to bridge to realtime.notify.<channel> (comma list).
-    #[arg(long, env = "REALTIME_NOTIFY_CHANNELS", default_value = "")]
-    notify_channels: String,
+    #[command(flatten)]
+    stream: StreamArgs,
     /// Address the Postgres-wire endpoint and /health listen on.
     #[arg(long, env = "REALTIME_CDC_HOST", default_value = "127.0.0.1")]
     cdc_host: IpAddr,
@@ -49,10 +80,8 @@ pub struct Args {
 
 impl Args {
     fn into_config(self) -> Result<CdcConfig, CliError> {
-        let usage = CliError::usage;
         let database = super::postgres::parse_url(&self.database_url)?;
-        let message_ttl =
-            config::seconds("REALTIME_MESSAGE_TTL", &self.message_ttl).map_err(usage)?;
+        let stream = self.stream.validate()?;
         if self.cdc_password.is_none() && !self.cdc_host.is_loopback() {
             return Err(CliError::usage(anyhow!(
                 "REALTIME_CDC_HOST={} is not loopback, so set REALTIME_CDC_PASSWORD for the Postgres-wire endpoint",
@@ -73,11 +102,10 @@ impl Args {
         Ok(CdcConfig {
             database,
             bus: BusConfig::Nats { url: self.nats_url },
-            slot: config::plain_identifier("REALTIME_SLOT", &self.slot).map_err(usage)?,
-            publication: config::plain_identifier("REALTIME_PUBLICATION", &self.publication)
-                .map_err(usage)?,
-            message_ttl,
-            notify_channels: config::comma_list(&self.notify_channels),
+            slot: stream.slot,
+            publication: stream.publication,
+            message_ttl: stream.message_ttl,
+            notify_channels: stream.notify_channels,
             wire_addr: SocketAddr::new(self.cdc_host, self.cdc_port),
             wire_password: self.cdc_password,
             http_addr: SocketAddr::new(self.cdc_host, self.cdc_http_port),
@@ -89,15 +117,7 @@ impl Args {
 
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = args.into_config()?;
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    match service::run(config, shutdown).await {
+    match service::run(config, super::gateway::shutdown_signal()).await {
         Ok(()) => Ok(()),
         Err(e @ StartError::Config(_)) => Err(CliError::usage(e)),
         Err(e @ StartError::Runtime(_)) => Err(CliError::runtime(e)),

@@ -8,6 +8,7 @@
 //! `REALTIME_JWT_SECRET`, else one generated once and kept in `./.nself-realtime/jwt_secret`.
 //! Ctrl-C (or SIGTERM) stops the gateway, the CDC and the local Postgres.
 
+use super::cdc::{Stream, StreamArgs};
 use super::gateway::{bind, nats_backends, shutdown_signal, GatewayArgs};
 use super::token::{kept_secret, mint};
 use crate::exit::CliError;
@@ -39,18 +40,8 @@ pub struct Args {
     /// Where the local cluster, its log and the generated JWT secret live.
     #[arg(long, env = "NSELF_REALTIME_DIR", default_value = ".nself-realtime")]
     dir: PathBuf,
-    /// Replication slot.
-    #[arg(long, env = "REALTIME_SLOT", default_value = config::DEFAULT_SLOT)]
-    slot: String,
-    /// Base name of the publications.
-    #[arg(long, env = "REALTIME_PUBLICATION", default_value = config::DEFAULT_PUBLICATION)]
-    publication: String,
-    /// Retention of table changes in seconds (the replay window).
-    #[arg(long, env = "REALTIME_MESSAGE_TTL", default_value_t = config::DEFAULT_MESSAGE_TTL_SECS.to_string())]
-    message_ttl: String,
-    /// NOTIFY channels to bridge (comma list).
-    #[arg(long, env = "REALTIME_NOTIFY_CHANNELS", default_value = "")]
-    notify_channels: String,
+    #[command(flatten)]
+    stream: StreamArgs,
     /// The CDC's Postgres-wire endpoint port (on 127.0.0.1).
     #[arg(long, env = "REALTIME_CDC_PORT", default_value_t = config::DEFAULT_CDC_PORT)]
     cdc_port: u16,
@@ -103,11 +94,12 @@ async fn create_demo_table(
 }
 
 pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
-    let slot = config::plain_identifier("REALTIME_SLOT", &args.slot).map_err(CliError::usage)?;
-    let publication = config::plain_identifier("REALTIME_PUBLICATION", &args.publication)
-        .map_err(CliError::usage)?;
-    let message_ttl =
-        config::seconds("REALTIME_MESSAGE_TTL", &args.message_ttl).map_err(CliError::usage)?;
+    let Stream {
+        slot,
+        publication,
+        message_ttl,
+        notify_channels,
+    } = args.stream.validate()?;
 
     // Postgres: the given one, or a local cluster (stopped when `local` drops).
     let (database_url, local) = match &args.database_url {
@@ -179,7 +171,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
         slot,
         publication,
         message_ttl,
-        notify_channels: config::comma_list(&args.notify_channels),
+        notify_channels,
         wire_addr: SocketAddr::new(loopback, args.cdc_port),
         wire_password: None,
         http_addr: SocketAddr::new(loopback, args.cdc_http_port),
