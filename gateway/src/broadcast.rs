@@ -8,10 +8,16 @@
 //! On the broker a message is an [`Envelope`]: `[u32 header length][header JSON][payload]`, the
 //! payload being the user's JSON text or raw bytes (realtime-js's binary broadcasts), so binary
 //! payloads cross gateways without base64 and JSON payloads are never re-parsed.
+//!
+//! The same rooms carry the nself events that reach every subscriber of a channel whatever its
+//! protocol: chat messages ([`Kind::Message`], sent ephemerally or relayed from the database by
+//! [`crate::messages`]) and, on a second instance fed by `realtime.notify.<channel>`, NOTIFY
+//! payloads ([`Kind::Notification`]). [`crate::wire`] encodes each kind per protocol.
 
 use crate::outbox::ConnId;
-use crate::phoenix::frame::{self, BroadcastPayload, OutFrame, Vsn};
-use crate::subscriber::Subscriber;
+use crate::phoenix::frame::{BroadcastPayload, OutFrame};
+use crate::subscriber::{Subscriber, Wire};
+use crate::wire;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use nself_realtime_shared::bus::{Broker, BusError};
@@ -28,11 +34,34 @@ pub struct Sender {
     pub conn: ConnId,
 }
 
+/// What a room message is, which decides how each protocol shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A client's or the REST API's broadcast: any event name, any payload.
+    #[default]
+    User,
+    /// A chat message (`message:new`, `message:updated`, `message:deleted`), built by a gateway.
+    Message,
+    /// Who is typing (`typing:event`), built by [`crate::typing`].
+    Typing,
+    /// A Postgres NOTIFY payload (`db:notification`), relayed from the CDC.
+    Notification,
+}
+
+impl Kind {
+    fn is_user(&self) -> bool {
+        *self == Kind::User
+    }
+}
+
 /// The header of a broadcast on the broker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     from: Option<Sender>,
+    #[serde(default, skip_serializing_if = "Kind::is_user")]
+    kind: Kind,
     event: String,
     /// The payload is raw bytes rather than JSON text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -45,6 +74,7 @@ struct Header {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub from: Option<Sender>,
+    pub kind: Kind,
     pub event: String,
     pub payload: BroadcastPayload,
     pub meta: Option<serde_json::Value>,
@@ -63,6 +93,7 @@ impl Envelope {
         };
         let header = serde_json::to_vec(&Header {
             from: self.from,
+            kind: self.kind,
             event: self.event.clone(),
             binary,
             meta: self.meta.clone(),
@@ -94,6 +125,7 @@ impl Envelope {
         };
         Ok(Envelope {
             from: header.from,
+            kind: header.kind,
             event: header.event,
             payload,
             meta: header.meta,
@@ -116,10 +148,20 @@ struct Room {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Where a set of rooms reads its messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `realtime.broadcast.<topic>`, carrying [`Envelope`]s.
+    Broadcast,
+    /// `realtime.notify.<channel>`, carrying the CDC's NOTIFY payloads (JSON).
+    Notify,
+}
+
 /// Every broadcast topic with local subscribers.
 pub struct Broadcasts {
     broker: Arc<dyn Broker>,
     gateway: u64,
+    source: Source,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -135,11 +177,19 @@ fn member_key(subscriber: &Arc<Subscriber>) -> u64 {
 }
 
 impl Broadcasts {
-    pub fn new(broker: Arc<dyn Broker>, gateway: u64) -> Broadcasts {
+    pub fn new(broker: Arc<dyn Broker>, gateway: u64, source: Source) -> Broadcasts {
         Broadcasts {
             broker,
             gateway,
+            source,
             rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn subject(&self, topic: &str) -> Result<String, subject::SubjectError> {
+        match self.source {
+            Source::Broadcast => subject::broadcast(topic),
+            Source::Notify => subject::notify(topic),
         }
     }
 
@@ -194,11 +244,12 @@ impl Broadcasts {
     }
 
     async fn start_room(&self, topic: &str, room: Arc<Room>) -> Result<(), BusError> {
-        let subject = subject::broadcast(topic).map_err(|e| BusError::Subscribe {
+        let subject = self.subject(topic).map_err(|e| BusError::Subscribe {
             subject: topic.to_string(),
             reason: e.to_string(),
         })?;
         let mut messages = self.broker.subscribe(&subject).await?;
+        let source = self.source;
         // The subscription must be known to the server before the join is answered.
         self.broker.flush().await?;
         let weak = Arc::downgrade(&room);
@@ -206,7 +257,17 @@ impl Broadcasts {
         let task = tokio::spawn(async move {
             while let Some(message) = messages.next().await {
                 let Some(room) = weak.upgrade() else { break };
-                match Envelope::decode(message.payload) {
+                let decoded = match source {
+                    Source::Broadcast => Envelope::decode(message.payload),
+                    Source::Notify => Ok(Envelope {
+                        from: None,
+                        kind: Kind::Notification,
+                        event: "db:notification".into(),
+                        payload: BroadcastPayload::Json(message.payload),
+                        meta: None,
+                    }),
+                };
+                match decoded {
                     Ok(envelope) => fan_out(&room, &envelope, gateway),
                     Err(e) => {
                         tracing::warn!(subject = %message.subject, error = %e, "dropping broadcast")
@@ -237,51 +298,75 @@ impl Broadcasts {
 
     /// Publishes a broadcast to every subscriber of `topic` on every gateway.
     pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
-        let subject = subject::broadcast(topic).map_err(|e| BusError::Publish {
+        let subject = self.subject(topic).map_err(|e| BusError::Publish {
             subject: topic.to_string(),
             reason: e.to_string(),
         })?;
         self.broker.publish(&subject, envelope.encode()).await
     }
 
+    /// Delivers `envelope` to this gateway's subscribers of `topic` only (for messages every
+    /// gateway receives on its own, such as chat messages read from the change log).
+    pub fn deliver_local(&self, topic: &str, envelope: &Envelope) {
+        let room = self.rooms.lock().expect("rooms lock").get(topic).cloned();
+        if let Some(room) = room {
+            fan_out(&room, envelope, self.gateway);
+        }
+    }
+
     /// Topics with local subscribers, and how many.
     pub fn topic_count(&self) -> usize {
         self.rooms.lock().expect("rooms lock").len()
     }
+
+    /// The topics with local subscribers and how many subscribers each has.
+    pub fn topics(&self) -> Vec<(String, usize)> {
+        self.rooms
+            .lock()
+            .expect("rooms lock")
+            .iter()
+            .map(|(topic, room)| {
+                (
+                    topic.clone(),
+                    room.members.read().expect("members lock").len(),
+                )
+            })
+            .collect()
+    }
 }
 
-/// Frames of one broadcast, encoded at most once per (wire format, topic spelling).
-struct FrameCache<'a> {
+/// Frames of one room message, encoded at most once per (wire format, topic spelling).
+pub struct FrameCache<'a> {
     envelope: &'a Envelope,
-    built: Vec<(Vsn, Arc<str>, Option<OutFrame>)>,
+    built: Vec<(Wire, Arc<str>, Option<OutFrame>)>,
 }
 
-impl FrameCache<'_> {
-    fn get(&mut self, vsn: Vsn, topic: &Arc<str>) -> Option<OutFrame> {
+impl<'a> FrameCache<'a> {
+    pub fn new(envelope: &'a Envelope) -> FrameCache<'a> {
+        FrameCache {
+            envelope,
+            built: Vec::with_capacity(2),
+        }
+    }
+
+    /// The frame for a subscriber reading `wire` on `topic`; `None` when that protocol cannot
+    /// carry the message.
+    pub fn get(&mut self, wire: Wire, topic: &Arc<str>) -> Option<OutFrame> {
         if let Some((_, _, frame)) = self
             .built
             .iter()
-            .find(|(v, t, _)| *v == vsn && (Arc::ptr_eq(t, topic) || **t == **topic))
+            .find(|(w, t, _)| *w == wire && (Arc::ptr_eq(t, topic) || **t == **topic))
         {
             return frame.clone();
         }
-        let frame = frame::user_broadcast(
-            vsn,
-            topic,
-            &self.envelope.event,
-            &self.envelope.payload,
-            self.envelope.meta.as_ref(),
-        );
-        self.built.push((vsn, topic.clone(), frame.clone()));
+        let frame = wire::envelope(wire, topic, self.envelope);
+        self.built.push((wire, topic.clone(), frame.clone()));
         frame
     }
 }
 
 fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
-    let mut frames = FrameCache {
-        envelope,
-        built: Vec::with_capacity(2),
-    };
+    let mut frames = FrameCache::new(envelope);
     let members = room.members.read().expect("members lock");
     for member in members.values() {
         let own = envelope.from.is_some_and(|from| {
@@ -290,7 +375,7 @@ fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
         if own && !member.receive_own {
             continue;
         }
-        if let Some(frame) = frames.get(member.subscriber.vsn, &member.subscriber.topic) {
+        if let Some(frame) = frames.get(member.subscriber.wire, &member.subscriber.topic) {
             member.subscriber.deliver(frame);
         }
     }
@@ -311,12 +396,14 @@ mod tests {
                     gateway: 7,
                     conn: 9,
                 }),
+                kind: Kind::User,
                 event: "cursor".into(),
                 payload: payload.clone(),
                 meta: None,
             };
             let back = Envelope::decode(envelope.encode()).unwrap();
             assert_eq!(back.from, envelope.from);
+            assert_eq!(back.kind, Kind::User);
             assert_eq!(back.event, "cursor");
             assert_eq!(back.payload, payload);
         }

@@ -21,6 +21,18 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_DB_POOL_SIZE: usize = 8;
 /// Frames one connection may have queued before it is closed as too slow.
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Default `REALTIME_MAX_MESSAGES_PER_MINUTE` (seed 002: 60 per connection per minute).
+pub const DEFAULT_MAX_MESSAGES_PER_MINUTE: u32 = 60;
+/// Default `REALTIME_MAX_PRESENCE_UPDATES_PER_MINUTE` (seed 002: 10).
+pub const DEFAULT_MAX_PRESENCE_UPDATES_PER_MINUTE: u32 = 10;
+/// Default `REALTIME_MAX_CONNECTIONS_PER_IP_PER_MINUTE` (seed 002: 100).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP_PER_MINUTE: u32 = 100;
+/// Default `REALTIME_MAX_CONTENT_LENGTH`: characters in one chat message (seed 000: 10,000).
+pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 10_000;
+/// Default `REALTIME_MESSAGE_TYPES` (seed 000).
+pub const DEFAULT_MESSAGE_TYPES: &str = "text,system,file,event";
+/// Default `REALTIME_TYPING_TIMEOUT` (seed 001: 3000 ms).
+pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything a gateway needs.
 #[derive(Debug, Clone)]
@@ -41,6 +53,46 @@ pub struct GatewayConfig {
     pub send_queue: usize,
     /// `REALTIME_CORS_ORIGIN`: `*`, a comma list of origins, or none.
     pub cors_origin: Option<String>,
+    /// The nself API's limits (Socket.IO and `/ws`).
+    pub nself: NselfLimits,
+    /// `REALTIME_MAX_CONNECTIONS_PER_IP_PER_MINUTE` (0: no limit), on every WebSocket endpoint.
+    pub max_connections_per_ip_per_minute: u32,
+    /// `REALTIME_TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For` (behind a
+    /// proxy that sets it), else from the TCP peer.
+    pub trust_forwarded_for: bool,
+}
+
+/// Limits and switches of the nself API (seeds 000–004).
+#[derive(Debug, Clone)]
+pub struct NselfLimits {
+    pub max_messages_per_minute: u32,
+    pub max_presence_updates_per_minute: u32,
+    /// Characters in one chat message.
+    pub max_content_length: usize,
+    /// Accepted `messageType`s.
+    pub message_types: Vec<String>,
+    /// `REALTIME_TYPING_TIMEOUT`: a typist not refreshed for this long stops typing.
+    pub typing_timeout: Duration,
+    /// `REALTIME_ENABLE_TYPING`, `REALTIME_ENABLE_PRESENCE`.
+    pub typing: bool,
+    pub presence: bool,
+}
+
+impl Default for NselfLimits {
+    fn default() -> NselfLimits {
+        NselfLimits {
+            max_messages_per_minute: DEFAULT_MAX_MESSAGES_PER_MINUTE,
+            max_presence_updates_per_minute: DEFAULT_MAX_PRESENCE_UPDATES_PER_MINUTE,
+            max_content_length: DEFAULT_MAX_CONTENT_LENGTH,
+            message_types: DEFAULT_MESSAGE_TYPES
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            typing_timeout: DEFAULT_TYPING_TIMEOUT,
+            typing: true,
+            presence: true,
+        }
+    }
 }
 
 impl GatewayConfig {

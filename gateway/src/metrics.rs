@@ -1,8 +1,15 @@
 //! The gateway's Prometheus metrics (`GET /metrics`). Counters are incremented where things
 //! happen; gauges of current sizes are set when scraped.
+//!
+//! Two families: `realtime_gateway_*` (this gateway's internals) and seed 003's names, which
+//! the nself plugin's dashboards and alerts query: `realtime_connections_total{type}`,
+//! `realtime_connections_active{protocol}`, `realtime_messages_total{room_type}`,
+//! `realtime_message_latency_seconds`, `realtime_rooms_active`, `realtime_errors_total{error_code}`.
 
 use nself_realtime_shared::metrics;
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric of a gateway.
 pub struct Metrics {
@@ -21,6 +28,18 @@ pub struct Metrics {
     pub rls_denied_rows: IntCounter,
     pub broadcast_topics: IntGauge,
     pub change_feeds: IntGauge,
+    /// Seed 003: connections accepted, by `type` (authenticated, anonymous).
+    pub seed_connections_total: IntCounterVec,
+    /// Seed 003: open connections, by `protocol` (phoenix, socketio, websocket).
+    pub seed_connections_active: IntGaugeVec,
+    /// Seed 003: chat messages sent, by `room_type` (public, private, presence, direct, adhoc).
+    pub messages_total: IntCounterVec,
+    /// Seed 003: persisted message commit → fan-out on this gateway.
+    pub message_latency: Histogram,
+    /// Seed 003: rooms (channels) with subscribers on this gateway.
+    pub rooms_active: IntGauge,
+    /// Seed 003: errors answered to clients, by `error_code`.
+    pub errors_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -88,12 +107,96 @@ impl Metrics {
                 "realtime_gateway_change_feeds",
                 "Change-log readers (tables with subscribers here)",
             ),
+            seed_connections_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("realtime_connections_total", "Total number of connections"),
+                    &["type"],
+                )
+                .expect("valid metric"),
+            ),
+            seed_connections_active: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "realtime_connections_active",
+                        "Currently active connections",
+                    ),
+                    &["protocol"],
+                )
+                .expect("valid metric"),
+            ),
+            messages_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("realtime_messages_total", "Total messages sent"),
+                    &["room_type"],
+                )
+                .expect("valid metric"),
+            ),
+            message_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "realtime_message_latency_seconds",
+                        "Message delivery latency (persisted: commit to fan-out on this gateway)",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+                )
+                .expect("valid metric"),
+            ),
+            rooms_active: gauge("realtime_rooms_active", "Number of active rooms"),
+            errors_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("realtime_errors_total", "Total errors"),
+                    &["error_code"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self, authenticated: bool, protocol: &str) {
+        let kind = if authenticated {
+            "authenticated"
+        } else {
+            "anonymous"
+        };
+        self.seed_connections_total.with_label_values(&[kind]).inc();
+        self.seed_connections_active
+            .with_label_values(&[protocol])
+            .inc();
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self, protocol: &str) {
+        self.seed_connections_active
+            .with_label_values(&[protocol])
+            .dec();
+    }
+
+    /// An error was answered to a client.
+    pub fn nself_error(&self, code: &str) {
+        self.errors_total.with_label_values(&[code]).inc();
+    }
+
+    /// A chat message was sent to a room of `room_type`.
+    pub fn nself_message(&self, room_type: &str) {
+        self.messages_total.with_label_values(&[room_type]).inc();
     }
 
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
         metrics::encode(&self.registry)
     }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
 }

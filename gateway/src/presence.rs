@@ -11,8 +11,9 @@
 //! a gateway killed with -9 leave every other gateway's view within `2 × heartbeat`. A graceful
 //! untrack deletes the entry and is seen at once.
 
-use crate::phoenix::frame::{self, Vsn};
-use crate::subscriber::Subscriber;
+use crate::phoenix::frame;
+use crate::subscriber::{Subscriber, Wire};
+use crate::wire::{self, PresenceEvent, PresenceMember};
 use bytes::Bytes;
 use futures::StreamExt;
 use nself_realtime_shared::bus::{BusError, PresenceChange, PresenceStore};
@@ -169,9 +170,18 @@ impl Presences {
         }
         {
             let members = entry.members.lock().expect("members lock");
-            let state = state_json(members.values().map(|m| &m.entry));
-            if let Some(frame) = encode(subscriber.vsn, &subscriber.topic, "presence_state", &state)
-            {
+            let frame = match subscriber.wire {
+                Wire::Phoenix(vsn) => {
+                    let state = state_json(members.values().map(|m| &m.entry));
+                    encode(vsn, &subscriber.topic, "presence_state", &state)
+                }
+                wire => {
+                    let list: Vec<PresenceMember> =
+                        members.values().map(|m| m.entry.as_member()).collect();
+                    wire::presence_state(wire, &subscriber.topic, &list)
+                }
+            };
+            if let Some(frame) = frame {
                 subscriber.deliver(frame);
             }
             entry
@@ -333,7 +343,7 @@ impl Presences {
                 .collect();
             if !left.is_empty() {
                 tracing::debug!(topic = %topic.name, count = left.len(), "presence entries expired");
-                send_diff(&topic, &[], &left);
+                send_diff(&topic, &members, &[], &left);
             }
         }
     }
@@ -384,15 +394,16 @@ fn apply(topic: &Topic, change: PresenceChange, timeout: Duration) {
                 Some(old) if old.entry == entry => {}
                 Some(old) => send_diff(
                     topic,
+                    &members,
                     std::slice::from_ref(&entry),
                     std::slice::from_ref(&old.entry),
                 ),
-                None => send_diff(topic, std::slice::from_ref(&entry), &[]),
+                None => send_diff(topic, &members, std::slice::from_ref(&entry), &[]),
             }
         }
         PresenceChange::Delete { key } => {
             if let Some(old) = members.remove(&key) {
-                send_diff(topic, &[], std::slice::from_ref(&old.entry));
+                send_diff(topic, &members, &[], std::slice::from_ref(&old.entry));
             }
         }
         PresenceChange::Synced => {}
@@ -413,34 +424,83 @@ fn state_json<'a>(entries: impl Iterator<Item = &'a Entry>) -> Value {
     Value::Object(state)
 }
 
-fn send_diff(topic: &Topic, joins: &[Entry], leaves: &[Entry]) {
-    let diff = json!({
-        "joins": state_json(joins.iter()),
-        "leaves": state_json(leaves.iter()),
-    });
+/// Tells a topic's subscribers that `joins` arrived and `leaves` left; `members` is the
+/// topic's membership after the change. Phoenix subscribers get the raw `presence_diff`; the
+/// nself protocols get user-level events (a user joins with their first connection, leaves
+/// with their last, and a re-track of a present user is an update).
+fn send_diff(topic: &Topic, members: &HashMap<String, Member>, joins: &[Entry], leaves: &[Entry]) {
     let subscribers = topic.subscribers.read().expect("subscribers lock");
-    let mut built: Vec<(Vsn, Arc<str>, frame::OutFrame)> = Vec::new();
+    let mut diff: Option<Value> = None;
+    let mut user_events: Option<Vec<PresenceEvent>> = None;
+    let mut built: Vec<(Wire, Arc<str>, Vec<frame::OutFrame>)> = Vec::new();
     for subscriber in subscribers.values() {
         let cached = built
             .iter()
-            .find(|(v, t, _)| *v == subscriber.vsn && **t == *subscriber.topic)
-            .map(|(_, _, f)| f.clone());
-        let frame = match cached {
-            Some(frame) => frame,
+            .find(|(w, t, _)| *w == subscriber.wire && **t == *subscriber.topic);
+        let frames = match cached {
+            Some((_, _, frames)) => frames.clone(),
             None => {
-                let Some(frame) = encode(subscriber.vsn, &subscriber.topic, "presence_diff", &diff)
-                else {
-                    continue;
+                let frames: Vec<frame::OutFrame> = match subscriber.wire {
+                    Wire::Phoenix(vsn) => {
+                        let diff = diff.get_or_insert_with(|| {
+                            json!({
+                                "joins": state_json(joins.iter()),
+                                "leaves": state_json(leaves.iter()),
+                            })
+                        });
+                        encode(vsn, &subscriber.topic, "presence_diff", diff)
+                            .into_iter()
+                            .collect()
+                    }
+                    wire => user_events
+                        .get_or_insert_with(|| user_level(members, joins, leaves))
+                        .iter()
+                        .filter_map(|event| wire::presence_event(wire, &subscriber.topic, event))
+                        .collect(),
                 };
-                built.push((subscriber.vsn, subscriber.topic.clone(), frame.clone()));
-                frame
+                built.push((subscriber.wire, subscriber.topic.clone(), frames.clone()));
+                frames
             }
         };
-        subscriber.deliver(frame);
+        for frame in frames {
+            subscriber.deliver(frame);
+        }
     }
 }
 
-fn encode(vsn: Vsn, topic: &str, event: &str, payload: &Value) -> Option<frame::OutFrame> {
+/// The user-level view of a diff (see [`send_diff`]).
+fn user_level<'a>(
+    members: &HashMap<String, Member>,
+    joins: &'a [Entry],
+    leaves: &'a [Entry],
+) -> Vec<PresenceEvent<'a>> {
+    let connections_of = |key: &str| members.values().filter(|m| m.entry.key == key).count();
+    let mut events = Vec::new();
+    for entry in joins {
+        if leaves.iter().any(|l| l.key == entry.key) || connections_of(&entry.key) > 1 {
+            events.push(PresenceEvent::Updated(entry.as_member()));
+        } else {
+            events.push(PresenceEvent::Joined(entry.as_member()));
+        }
+    }
+    for entry in leaves {
+        if joins.iter().all(|j| j.key != entry.key) && connections_of(&entry.key) == 0 {
+            events.push(PresenceEvent::Left(entry.as_member()));
+        }
+    }
+    events
+}
+
+impl Entry {
+    fn as_member(&self) -> PresenceMember<'_> {
+        PresenceMember {
+            key: &self.key,
+            meta: &self.meta,
+        }
+    }
+}
+
+fn encode(vsn: frame::Vsn, topic: &str, event: &str, payload: &Value) -> Option<frame::OutFrame> {
     let json = serde_json::value::to_raw_value(payload).ok()?;
     Some(frame::push(vsn, None, topic, event, &json))
 }

@@ -155,6 +155,7 @@ pub async fn broadcast_batch(
     }
     for message in batch.messages {
         let envelope = Envelope {
+            kind: crate::broadcast::Kind::User,
             from: None,
             event: message.event,
             payload: BroadcastPayload::Json(
@@ -204,6 +205,7 @@ pub async fn broadcast_one(
         BroadcastPayload::Json(body)
     };
     let envelope = Envelope {
+        kind: crate::broadcast::Kind::User,
         from: None,
         event,
         payload,

@@ -5,17 +5,21 @@
 //! | `GET /realtime/v1/websocket`, `GET /socket/websocket` | Phoenix WebSocket (realtime-js) |
 //! | `POST /realtime/v1/api/broadcast`, `POST /api/broadcast` | REST broadcast |
 //! | `POST …/api/broadcast/{topic}/events/{event}` | realtime-js `httpSend` |
+//! | `GET /socket.io/?EIO=4&transport=websocket` | Socket.IO (nself plugin events) |
+//! | `GET /ws` | the plain WebSocket JSON protocol (seed 004) |
 //! | `GET /health`, `GET /metrics` | health JSON, Prometheus text |
 //!
-//! Handlers are thin: they authenticate and hand over to [`crate::phoenix`] or
-//! [`crate::rest`].
+//! Handlers are thin: they check the upgrade (connections per IP, the token it carries) and
+//! hand over to [`crate::phoenix`], [`crate::socketio`], [`crate::native`] or [`crate::rest`].
 
 use crate::auth::identity::Identity;
 use crate::phoenix::{self, frame::Vsn};
 use crate::rest;
-use crate::state::Gateway;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use crate::state::{ConnectionSlot, Gateway};
+use crate::{native, socket, socketio};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +28,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,6 +49,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/api/broadcast/{topic}/events/{event}",
             post(rest::broadcast_one),
         )
+        .route("/socket.io/", get(socket_io))
+        .route("/socket.io", get(socket_io))
+        .route("/ws", get(plain_websocket))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
@@ -87,6 +95,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -106,7 +115,49 @@ pub async fn serve(
 #[derive(Debug, Deserialize)]
 struct SocketParams {
     apikey: Option<String>,
+    token: Option<String>,
     vsn: Option<String>,
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+}
+
+impl SocketParams {
+    /// `?apikey=` (Supabase) or `?token=` (nself).
+    fn token(&self) -> Option<&str> {
+        self.apikey.as_deref().or(self.token.as_deref())
+    }
+}
+
+/// The client's address: the TCP peer, or with `REALTIME_TRUST_FORWARDED_FOR` the first
+/// address of `X-Forwarded-For`.
+pub struct ClientAddr(Option<IpAddr>);
+
+impl FromRequestParts<Arc<Gateway>> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<ClientAddr, Self::Rejection> {
+        let forwarded = gateway
+            .config
+            .trust_forwarded_for
+            .then(|| {
+                parts
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+            })
+            .flatten();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        Ok(ClientAddr(forwarded.or(peer)))
+    }
 }
 
 /// The token a request carries: `Authorization: Bearer`, else the `apikey` header, else the
@@ -145,32 +196,50 @@ pub fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
     }
 }
 
-async fn websocket(
-    State(gateway): State<Arc<Gateway>>,
-    Query(params): Query<SocketParams>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, Refusal> {
-    let vsn = Vsn::parse(params.vsn.as_deref())
-        .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let identity = match request_token(&headers, params.apikey.as_deref()) {
+/// The identity a WebSocket upgrade carries: `None` when it carries no token; a bad token is
+/// refused with 401.
+fn upgrade_identity(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    params: &SocketParams,
+) -> Result<Option<Arc<Identity>>, Refusal> {
+    match request_token(headers, params.token()) {
         Some(token) => match gateway.verifier.verify(token) {
-            Ok(claims) => Some(Arc::new(Identity::new(claims))),
-            Err(e) => {
-                return Err(refusal(
-                    StatusCode::UNAUTHORIZED,
-                    format!("invalid apikey: {e}"),
-                ))
-            }
-        },
-        None if gateway.config.allow_anonymous => Some(Arc::new(Identity::anonymous())),
-        None => {
-            return Err(refusal(
+            Ok(claims) => Ok(Some(Arc::new(Identity::new(claims)))),
+            Err(e) => Err(refusal(
                 StatusCode::UNAUTHORIZED,
-                "missing apikey: pass ?apikey=<jwt> (or set REALTIME_ALLOW_ANONYMOUS=true)",
-            ))
+                format!("invalid token: {e}"),
+            )),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Accepts a WebSocket upgrade for any protocol: counts it against the client's connections
+/// per minute, sizes the socket's buffers, takes a connection slot, and runs `connection` on
+/// the socket, or closes it with 1013 when the gateway is full.
+fn accept<F, Fut>(
+    gateway: Arc<Gateway>,
+    client: ClientAddr,
+    upgrade: WebSocketUpgrade,
+    connection: F,
+) -> Result<Response, Refusal>
+where
+    F: FnOnce(WebSocket, Arc<Gateway>, ConnectionSlot) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if let Some(ip) = client.0 {
+        if !gateway.connections_per_ip.admit(ip) {
+            gateway.metrics.nself_error("RATE_LIMIT_EXCEEDED");
+            return Err(refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many connections from {ip}: at most {} per minute (REALTIME_MAX_CONNECTIONS_PER_IP_PER_MINUTE)",
+                    gateway.connections_per_ip.limit()
+                ),
+            ));
         }
-    };
+    }
     let config = &gateway.config;
     let upgrade = upgrade
         .read_buffer_size(1024)
@@ -180,20 +249,97 @@ async fn websocket(
     let slot = gateway.admit();
     Ok(upgrade.on_upgrade(move |socket| async move {
         match slot {
-            Some(slot) => phoenix::connection::run(socket, gateway, slot, vsn, identity).await,
+            Some(slot) => connection(socket, gateway, slot).await,
             None => {
-                phoenix::connection::refuse(
-                    socket,
-                    1013,
-                    format!(
-                        "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
-                        gateway.config.max_connections
-                    ),
-                )
-                .await
+                let reason = format!(
+                    "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
+                    gateway.config.max_connections
+                );
+                socket::refuse(socket, 1013, reason).await
             }
         }
     }))
+}
+
+async fn websocket(
+    State(gateway): State<Arc<Gateway>>,
+    client: ClientAddr,
+    Query(params): Query<SocketParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Refusal> {
+    let vsn = Vsn::parse(params.vsn.as_deref())
+        .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let identity = match upgrade_identity(&gateway, &headers, &params) {
+        Ok(Some(identity)) => Some(identity),
+        Ok(None) if gateway.config.allow_anonymous => Some(Arc::new(Identity::anonymous())),
+        Ok(None) => {
+            return Err(refusal(
+                StatusCode::UNAUTHORIZED,
+                "missing apikey: pass ?apikey=<jwt> (or set REALTIME_ALLOW_ANONYMOUS=true)",
+            ))
+        }
+        Err(Refusal { message, .. }) => {
+            return Err(refusal(
+                StatusCode::UNAUTHORIZED,
+                message.replacen("invalid token", "invalid apikey", 1),
+            ))
+        }
+    };
+    accept(gateway, client, upgrade, move |socket, gateway, slot| {
+        phoenix::connection::run(socket, gateway, slot, vsn, identity)
+    })
+}
+
+/// `/socket.io/`: Engine.IO v4 over the websocket transport only (see [`crate::socketio`]).
+async fn socket_io(
+    State(gateway): State<Arc<Gateway>>,
+    client: ClientAddr,
+    Query(params): Query<SocketParams>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, Refusal> {
+    if params.eio.as_deref() != Some("4") {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unsupported Engine.IO version {:?}: use a Socket.IO v4 client (EIO=4)",
+                params.eio.as_deref().unwrap_or("")
+            ),
+        ));
+    }
+    let Some(upgrade) = upgrade
+        .ok()
+        .filter(|_| params.transport.as_deref() == Some("websocket"))
+    else {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "only the websocket transport is served (no long-polling: it would need sticky sessions); connect with io(url, { transports: [\"websocket\"] })",
+        ));
+    };
+    let identity = upgrade_identity(&gateway, &headers, &params)?;
+    accept(gateway, client, upgrade, move |socket, gateway, slot| {
+        socketio::connection::run(socket, gateway, slot, identity)
+    })
+}
+
+/// `/ws`: the plain WebSocket JSON protocol (see [`crate::native`]).
+async fn plain_websocket(
+    State(gateway): State<Arc<Gateway>>,
+    client: ClientAddr,
+    Query(params): Query<SocketParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, Refusal> {
+    let identity = upgrade_identity(&gateway, &headers, &params)?.or_else(|| {
+        gateway
+            .config
+            .allow_anonymous
+            .then(|| Arc::new(Identity::anonymous()))
+    });
+    accept(gateway, client, upgrade, move |socket, gateway, slot| {
+        native::connection::run(socket, gateway, slot, identity)
+    })
 }
 
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -234,6 +380,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         .broadcast_topics
         .set(gateway.broadcasts.topic_count() as i64);
     metrics.change_feeds.set(gateway.feeds.feed_count() as i64);
+    metrics
+        .rooms_active
+        .set(gateway.broadcasts.topic_count() as i64);
     (
         [("content-type", "text/plain; version=0.0.4")],
         metrics.encode(),

@@ -1,14 +1,17 @@
 //! The gateway's shared state: configuration, token verification, the Postgres pool, and the
-//! three relays (broadcast rooms, presence topics, table feeds) over the chosen bus backends.
-//! Handlers receive it as `Arc<Gateway>`.
+//! relays (broadcast rooms, NOTIFY rooms, presence topics, typing, chat messages, table feeds)
+//! over the chosen bus backends. Handlers receive it as `Arc<Gateway>`.
 
 use crate::auth::session::AllowedRoles;
-use crate::broadcast::Broadcasts;
+use crate::broadcast::{Broadcasts, Source};
 use crate::changes::feed::ChangeFeeds;
 use crate::config::GatewayConfig;
 use crate::db::Pool;
+use crate::messages::Messages;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceTiming, Presences};
+use crate::rate_limit::ConnectionsPerIp;
+use crate::typing::Typing;
 use nself_realtime_shared::bus::{Broker, ChangeLog, PresenceStore};
 use nself_realtime_shared::jwt::Verifier;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,9 +35,14 @@ pub struct Gateway {
     pub roles: Arc<AllowedRoles>,
     pub pool: Pool,
     pub broadcasts: Arc<Broadcasts>,
+    /// Rooms fed by `realtime.notify.<channel>` (NOTIFY payloads).
+    pub notifications: Arc<Broadcasts>,
     pub presences: Arc<Presences>,
+    pub typing: Arc<Typing>,
+    pub messages: Arc<Messages>,
     pub feeds: Arc<ChangeFeeds>,
     pub metrics: Arc<Metrics>,
+    pub connections_per_ip: ConnectionsPerIp,
     connections: AtomicUsize,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
@@ -64,10 +72,25 @@ impl Gateway {
         let timing = PresenceTiming::from_heartbeat(config.heartbeat_interval);
         let (shutdown, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        let broadcasts = Arc::new(Broadcasts::new(
+            backends.broker.clone(),
+            id,
+            Source::Broadcast,
+        ));
         Arc::new(Gateway {
             id,
-            broadcasts: Arc::new(Broadcasts::new(backends.broker, id)),
+            notifications: Arc::new(Broadcasts::new(backends.broker.clone(), id, Source::Notify)),
+            typing: Typing::start(backends.broker, config.nself.typing_timeout),
+            messages: Messages::new(
+                backends.changes.clone(),
+                broadcasts.clone(),
+                pool.clone(),
+                roles.clone(),
+                metrics.clone(),
+            ),
+            broadcasts,
             presences: Presences::start(backends.presence, id, timing),
+            connections_per_ip: ConnectionsPerIp::new(config.max_connections_per_ip_per_minute),
             feeds: ChangeFeeds::new(
                 backends.changes,
                 pool.clone(),

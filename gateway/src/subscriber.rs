@@ -5,10 +5,24 @@
 //! (the client ignores a channel's messages before it has the reply, so anything delivered
 //! earlier would be lost), then the gate opens and the held frames follow in order. This is what
 //! lets the gateway register interest *before* it replies, so that "SUBSCRIBED" means live.
+//!
+//! A subscriber also names its [`Wire`]: the relays build each frame once per (wire, topic) and
+//! share the bytes among every subscriber that reads the same encoding.
 
 use crate::outbox::{ConnId, Outbox};
 use crate::phoenix::frame::{OutFrame, Vsn};
 use std::sync::{Arc, Mutex};
+
+/// The protocol a subscriber's connection speaks, which decides how its frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wire {
+    /// Supabase's Phoenix channels (realtime-js), in one of its two serializations.
+    Phoenix(Vsn),
+    /// Socket.IO v4 over the websocket transport (the nself plugin's event names).
+    SocketIo,
+    /// The plain WebSocket JSON protocol of `/ws` (seed 004).
+    Json,
+}
 
 /// Most frames held for a subscriber whose join reply is not out yet.
 const GATE_LIMIT: usize = 4096;
@@ -22,8 +36,9 @@ enum Gate {
 /// One joined channel of one connection.
 pub struct Subscriber {
     pub outbox: Arc<Outbox>,
-    pub vsn: Vsn,
-    /// The channel topic as the client wrote it (`realtime:room1`).
+    pub wire: Wire,
+    /// The channel topic as the client wrote it (`realtime:room1` for Phoenix, the room name
+    /// for the nself protocols).
     pub topic: Arc<str>,
     /// The join's ref: frames only for this join instance carry it.
     pub join_ref: Option<String>,
@@ -34,13 +49,13 @@ impl Subscriber {
     /// A gated subscriber (see the module docs).
     pub fn new(
         outbox: Arc<Outbox>,
-        vsn: Vsn,
+        wire: Wire,
         topic: Arc<str>,
         join_ref: Option<String>,
     ) -> Subscriber {
         Subscriber {
             outbox,
-            vsn,
+            wire,
             topic,
             join_ref,
             gate: Mutex::new(Gate::Held(Vec::new())),

@@ -55,6 +55,30 @@ pub fn seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> 
     }
 }
 
+/// A duration in milliseconds, as seed 001 writes `REALTIME_TYPING_TIMEOUT=3000`, or with a
+/// unit: `500ms`, `3s`, `1m`. Must be greater than 0.
+pub fn milliseconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let text = value.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "ms"),
+    };
+    let millis = number.parse::<u64>().ok().and_then(|n| match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        _ => None,
+    });
+    match millis {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(ConfigError {
+            var,
+            value: value.to_string(),
+            problem: "expected milliseconds greater than 0 (3000), or a number with a unit (500ms, 3s, 1m)".into(),
+        }),
+    }
+}
+
 /// Checks that a Postgres object name we create (slot, publication) is a plain lower-case
 /// identifier: replication slot names must be, and keeping publications to the same rule means
 /// they never need quoting.
@@ -80,6 +104,16 @@ pub fn plain_identifier(var: &'static str, value: &str) -> Result<String, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_read_bare_numbers_and_units() {
+        let ms = |v| milliseconds("X", v).map(|d| d.as_millis());
+        assert_eq!(ms("3000").unwrap(), 3000);
+        assert_eq!(ms("3s").unwrap(), 3000);
+        assert_eq!(ms("250ms").unwrap(), 250);
+        assert_eq!(ms("1m").unwrap(), 60_000);
+        assert!(ms("0").is_err() && ms("3h").is_err() && ms("").is_err() && ms("-1").is_err());
+    }
 
     #[test]
     fn comma_lists_are_trimmed() {

@@ -19,6 +19,8 @@ pub const DB_PREFIX: &str = "realtime.db";
 pub const NOTIFY_PREFIX: &str = "realtime.notify";
 /// Prefix of broadcast subjects (core NATS).
 pub const BROADCAST_PREFIX: &str = "realtime.broadcast";
+/// Typing signals of one channel (ephemeral, core NATS).
+pub const TYPING_PREFIX: &str = "realtime.typing";
 
 /// A name that cannot become a subject token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +160,11 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
         }
     }
     tokens.next().is_none()
+}
+
+/// `realtime.typing.<topic>`: typing signals of one channel topic.
+pub fn typing(topic: &str) -> Result<String, SubjectError> {
+    Ok(format!("{TYPING_PREFIX}.{}", escape_token(topic)?))
 }
 
 /// `realtime.notify.<channel>`: one NOTIFY channel.

@@ -5,7 +5,7 @@
 use crate::exit::CliError;
 use anyhow::anyhow;
 use nself_realtime_gateway::auth::session::AllowedRoles;
-use nself_realtime_gateway::config::{self as defaults, GatewayConfig};
+use nself_realtime_gateway::config::{self as defaults, GatewayConfig, NselfLimits};
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_shared::bus::{JetStreamChangeLog, KvPresence, NatsBroker};
 use nself_realtime_shared::config;
@@ -85,6 +85,49 @@ pub struct GatewayArgs {
     /// Allowed CORS origins: *, or a comma list.
     #[arg(long = "realtime-cors-origin", env = "REALTIME_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
+    /// Chat messages one connection may send per minute (Socket.IO, /ws).
+    #[arg(long = "realtime-max-messages-per-minute", env = "REALTIME_MAX_MESSAGES_PER_MINUTE", default_value_t = defaults::DEFAULT_MAX_MESSAGES_PER_MINUTE)]
+    pub max_messages_per_minute: u32,
+    /// Presence updates one connection may send per minute (Socket.IO, /ws).
+    #[arg(long = "realtime-max-presence-updates-per-minute", env = "REALTIME_MAX_PRESENCE_UPDATES_PER_MINUTE", default_value_t = defaults::DEFAULT_MAX_PRESENCE_UPDATES_PER_MINUTE)]
+    pub max_presence_updates_per_minute: u32,
+    /// New WebSocket connections one client IP may open per minute (0: no limit).
+    #[arg(long = "realtime-max-connections-per-ip-per-minute", env = "REALTIME_MAX_CONNECTIONS_PER_IP_PER_MINUTE", default_value_t = defaults::DEFAULT_MAX_CONNECTIONS_PER_IP_PER_MINUTE)]
+    pub max_connections_per_ip_per_minute: u32,
+    /// Take the client IP from X-Forwarded-For (only behind a proxy that sets it).
+    #[arg(
+        long = "realtime-trust-forwarded-for",
+        env = "REALTIME_TRUST_FORWARDED_FOR",
+        default_value = "false"
+    )]
+    pub trust_forwarded_for: String,
+    /// Longest chat message, in characters.
+    #[arg(long = "realtime-max-content-length", env = "REALTIME_MAX_CONTENT_LENGTH", default_value_t = defaults::DEFAULT_MAX_CONTENT_LENGTH)]
+    pub max_content_length: usize,
+    /// Accepted message types (comma list).
+    #[arg(long = "realtime-message-types", env = "REALTIME_MESSAGE_TYPES", default_value = defaults::DEFAULT_MESSAGE_TYPES)]
+    pub message_types: String,
+    /// A typist not refreshed for this long stops typing: milliseconds (3000) or 3s.
+    #[arg(
+        long = "realtime-typing-timeout",
+        env = "REALTIME_TYPING_TIMEOUT",
+        default_value = "3000"
+    )]
+    pub typing_timeout: String,
+    /// Typing indicators on the nself API.
+    #[arg(
+        long = "realtime-enable-typing",
+        env = "REALTIME_ENABLE_TYPING",
+        default_value = "true"
+    )]
+    pub enable_typing: String,
+    /// Presence on the nself API (joins tracked, presence:update).
+    #[arg(
+        long = "realtime-enable-presence",
+        env = "REALTIME_ENABLE_PRESENCE",
+        default_value = "true"
+    )]
+    pub enable_presence: String,
 }
 
 fn boolean(var: &str, value: &str) -> Result<bool, CliError> {
@@ -131,10 +174,25 @@ impl GatewayArgs {
             ("REALTIME_MAX_FRAME_BYTES", self.max_frame_bytes),
             ("REALTIME_DB_POOL_SIZE", self.db_pool_size),
             ("REALTIME_SEND_QUEUE", self.send_queue),
+            (
+                "REALTIME_MAX_MESSAGES_PER_MINUTE",
+                self.max_messages_per_minute as usize,
+            ),
+            (
+                "REALTIME_MAX_PRESENCE_UPDATES_PER_MINUTE",
+                self.max_presence_updates_per_minute as usize,
+            ),
+            ("REALTIME_MAX_CONTENT_LENGTH", self.max_content_length),
         ] {
             if value == 0 {
                 return Err(CliError::usage(anyhow!("{var} must be at least 1")));
             }
+        }
+        let message_types = config::comma_list(&self.message_types);
+        if message_types.is_empty() {
+            return Err(CliError::usage(anyhow!(
+                "REALTIME_MESSAGE_TYPES is empty: name at least one type, e.g. text,system,file,event"
+            )));
         }
         let config = GatewayConfig {
             listen: SocketAddr::new(self.host, self.port),
@@ -150,6 +208,24 @@ impl GatewayArgs {
             heartbeat_interval,
             send_queue: self.send_queue,
             cors_origin: self.cors_origin,
+            max_connections_per_ip_per_minute: self.max_connections_per_ip_per_minute,
+            trust_forwarded_for: boolean(
+                "REALTIME_TRUST_FORWARDED_FOR",
+                &self.trust_forwarded_for,
+            )?,
+            nself: NselfLimits {
+                max_messages_per_minute: self.max_messages_per_minute,
+                max_presence_updates_per_minute: self.max_presence_updates_per_minute,
+                max_content_length: self.max_content_length,
+                message_types,
+                typing_timeout: config::milliseconds(
+                    "REALTIME_TYPING_TIMEOUT",
+                    &self.typing_timeout,
+                )
+                .map_err(CliError::usage)?,
+                typing: boolean("REALTIME_ENABLE_TYPING", &self.enable_typing)?,
+                presence: boolean("REALTIME_ENABLE_PRESENCE", &self.enable_presence)?,
+            },
         };
         Ok((config, verifier, roles))
     }

@@ -29,6 +29,8 @@ pub struct ChannelAccess {
     pub channel_type: Option<String>,
     /// The channel persists its messages (`persist_messages`).
     pub persisted: bool,
+    /// The channel's `id` when it has a row.
+    pub channel_id: Option<String>,
 }
 
 /// The question could not be answered.
@@ -63,7 +65,7 @@ pub async fn authorize(
     let role = session::role_of(claims, roles)?.to_string();
     // Existence first, as the gateway's role, before the session takes on the claims.
     let exists = client
-        .prepared("SELECT type, persist_messages FROM realtime.channels WHERE slug = $1")
+        .prepared("SELECT type, persist_messages, id::text FROM realtime.channels WHERE slug = $1")
         .await
         .map_err(classify)?;
     let existing = client
@@ -85,6 +87,7 @@ pub async fn authorize(
                 can_send: false,
                 channel_type: None,
                 persisted: false,
+                channel_id: None,
             });
         }
         return Ok(ChannelAccess {
@@ -93,10 +96,12 @@ pub async fn authorize(
             can_send: true,
             channel_type: None,
             persisted: false,
+            channel_id: None,
         });
     };
     let channel_type: String = existing.get(0);
     let persisted: bool = existing.get(1);
+    let channel_id: String = existing.get(2);
     let visible = session::query_as(
         client,
         claims,
@@ -123,6 +128,7 @@ pub async fn authorize(
             can_send: false,
             channel_type: Some(channel_type),
             persisted,
+            channel_id: Some(channel_id),
         },
         Some(row) => {
             let member_can_send: Option<bool> = row.get(1);
@@ -133,6 +139,7 @@ pub async fn authorize(
                 can_send: role == "service_role" || member_can_send.unwrap_or(open),
                 channel_type: Some(channel_type),
                 persisted,
+                channel_id: Some(channel_id),
             }
         }
     })

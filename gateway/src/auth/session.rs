@@ -103,13 +103,38 @@ pub fn role_of<'a>(claims: &'a Claims, roles: &AllowedRoles) -> Result<&'a str, 
     }
 }
 
-/// Runs `sql` with `params` as `claims` (see the module docs), in one round trip.
+/// Runs `sql` with `params` as `claims` (see the module docs), in one round trip, and rolls
+/// back: for questions.
 pub async fn query_as(
     connection: &mut Pooled,
     claims: &Claims,
     roles: &AllowedRoles,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, QueryAsError> {
+    run_as(connection, claims, roles, sql, params, "ROLLBACK").await
+}
+
+/// Runs `sql` with `params` as `claims`, in one round trip, and commits: for writes the
+/// claims' policies decide (a persisted message). A failed statement commits nothing (COMMIT of
+/// a failed transaction rolls it back).
+pub async fn write_as(
+    connection: &mut Pooled,
+    claims: &Claims,
+    roles: &AllowedRoles,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, QueryAsError> {
+    run_as(connection, claims, roles, sql, params, "COMMIT").await
+}
+
+async fn run_as(
+    connection: &mut Pooled,
+    claims: &Claims,
+    roles: &AllowedRoles,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    end: &'static str,
 ) -> Result<Vec<Row>, QueryAsError> {
     let role = role_of(claims, roles)?.to_string();
     let take_on = connection
@@ -138,7 +163,7 @@ pub async fn query_as(
         client.batch_execute("BEGIN"),
         client.execute(&take_on, &settings),
         client.query(&query, params),
-        client.batch_execute("ROLLBACK"),
+        client.batch_execute(end),
     );
     let failed = |e: tokio_postgres::Error| SessionError::Postgres {
         role: role.clone(),

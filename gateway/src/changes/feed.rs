@@ -22,8 +22,10 @@ use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::db::Pool;
 use crate::metrics::Metrics;
-use crate::phoenix::frame::{self, OutFrame, Vsn};
+use crate::phoenix::frame::OutFrame;
 use crate::subscriber::Subscriber;
+use crate::subscriber::Wire;
+use crate::wire;
 use futures::{FutureExt, StreamExt};
 use nself_realtime_shared::bus::{BusError, ChangeLog, LoggedChange, StartAt};
 use nself_realtime_shared::event::{ChangeEvent, EventType, Row};
@@ -159,23 +161,12 @@ impl TableSubscription {
 
 /// A `system` message with status `error` for the postgres_changes extension.
 pub fn system_error(subscriber: &Subscriber, message: &str) -> OutFrame {
-    let channel = subscriber
-        .topic
-        .strip_prefix("realtime:")
-        .unwrap_or(&subscriber.topic);
-    let payload = serde_json::json!({
-        "extension": "postgres_changes",
-        "status": "error",
-        "message": message,
-        "channel": channel,
-    });
-    let raw = serde_json::value::to_raw_value(&payload).expect("system messages serialize");
-    frame::push(
-        subscriber.vsn,
+    wire::channel_error(
+        subscriber.wire,
         subscriber.join_ref.as_deref(),
         &subscriber.topic,
-        "system",
-        &raw,
+        "postgres_changes",
+        message,
     )
 }
 
@@ -707,7 +698,7 @@ impl ChangeFeeds {
 
         // Frames, encoded once per (change, wire format, topic, ids).
         let mut data: HashMap<usize, Box<RawValue>> = HashMap::new();
-        let mut frames: HashMap<(usize, Vsn, Arc<str>, Vec<u32>), OutFrame> = HashMap::new();
+        let mut frames: HashMap<(usize, Wire, Arc<str>, Vec<u32>), OutFrame> = HashMap::new();
         for (index, (c, s, ids)) in candidates.into_iter().enumerate() {
             if !allowed[index] {
                 continue;
@@ -718,7 +709,7 @@ impl ChangeFeeds {
             }
             let event = events[c].as_ref().expect("candidates have events");
             let subscriber = &subscription.subscriber;
-            let key = (c, subscriber.vsn, subscriber.topic.clone(), ids);
+            let key = (c, subscriber.wire, subscriber.topic.clone(), ids);
             let frame = match frames.get(&key) {
                 Some(frame) => frame.clone(),
                 None => {
@@ -735,13 +726,7 @@ impl ChangeFeeds {
                         data.get()
                     );
                     let payload = RawValue::from_string(payload).expect("ids and data are JSON");
-                    let frame = frame::push(
-                        subscriber.vsn,
-                        None,
-                        &subscriber.topic,
-                        "postgres_changes",
-                        &payload,
-                    );
+                    let frame = wire::change(subscriber.wire, &subscriber.topic, &payload);
                     frames.insert(key, frame.clone());
                     frame
                 }

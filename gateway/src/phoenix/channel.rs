@@ -13,16 +13,18 @@ use crate::auth::identity::Identity;
 use crate::broadcast::{Envelope, Membership, Sender};
 use crate::changes::binding::Binding;
 use crate::changes::feed::{FeedMembership, TableSubscription};
+use crate::messages::PersistedChannel;
 use crate::outbox::Outbox;
 use crate::presence::PresenceMembership;
+use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{Subscriber, Wire};
 use nself_realtime_shared::bus::StartAt;
 use nself_realtime_shared::event::EventId;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A joined channel.
 struct Joined {
@@ -36,6 +38,8 @@ struct Joined {
     room: Membership,
     presence: Option<PresenceMembership>,
     feeds: Vec<(FeedMembership, Arc<TableSubscription>)>,
+    /// Registered with the chat relay (the channel persists its messages).
+    persisted: Option<PersistedChannel>,
     tracked: bool,
 }
 
@@ -45,36 +49,6 @@ struct Refusal(String);
 impl<T: std::fmt::Display> From<T> for Refusal {
     fn from(e: T) -> Refusal {
         Refusal(e.to_string())
-    }
-}
-
-/// Token bucket limiting client messages per second.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> RateLimit {
-        RateLimit {
-            per_second: f64::from(per_second.max(1)),
-            tokens: f64::from(per_second.max(1)),
-            at: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second)
-            .min(self.per_second);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -101,7 +75,7 @@ impl Channels {
         vsn: Vsn,
         identity: Option<Arc<Identity>>,
     ) -> Channels {
-        let rate = RateLimit::new(gateway.config.max_events_per_second);
+        let rate = RateLimit::per_second(gateway.config.max_events_per_second);
         Channels {
             gateway,
             outbox,
@@ -264,7 +238,7 @@ impl Channels {
 
         let subscriber = Arc::new(Subscriber::new(
             self.outbox.clone(),
-            self.vsn,
+            Wire::Phoenix(self.vsn),
             frame.topic.clone().into(),
             frame.join_ref.clone(),
         ));
@@ -284,8 +258,20 @@ impl Channels {
             room,
             presence: None,
             feeds: Vec::new(),
+            persisted: None,
             tracked: false,
         };
+        if let (true, Some(channel_id)) =
+            (joined.access.persisted, joined.access.channel_id.clone())
+        {
+            match self.gateway.messages.register(&channel_id, &slug).await {
+                Ok(registration) => joined.persisted = Some(registration),
+                Err(e) => {
+                    self.close(joined).await;
+                    return Err(e.into());
+                }
+            }
+        }
         if presence_enabled {
             match self.gateway.presences.join(&slug, subscriber.clone()).await {
                 Ok(membership) => joined.presence = Some(membership),
@@ -570,6 +556,7 @@ impl Channels {
         };
         self.gateway.metrics.broadcasts_received.inc();
         let envelope = Envelope {
+            kind: crate::broadcast::Kind::User,
             from: Some(Sender {
                 gateway: self.gateway.id,
                 conn: self.outbox.id,
@@ -660,6 +647,9 @@ impl Channels {
         }
         for (membership, _) in &joined.feeds {
             self.gateway.feeds.unsubscribe(membership);
+        }
+        if let Some(persisted) = &joined.persisted {
+            self.gateway.messages.unregister(persisted);
         }
     }
 

@@ -1,0 +1,715 @@
+//! One nself-API connection: its identity, its joined rooms and its limits, whatever protocol
+//! (Socket.IO or `/ws`) carries the requests.
+//!
+//! A room is a channel: joining authorizes it with RLS exactly like a Phoenix join
+//! ([`channel_access`]), then registers one [`Subscriber`] (encoding for this connection's
+//! [`Wire`]) with the broadcast room, the NOTIFY room, typing, presence and, for channels that
+//! persist messages, the chat relay; then the connection tracks its user's presence in the room,
+//! which is what other members see as `user:joined`. The reply goes out before the subscriber's
+//! gate opens (see [`Reply::open`]), so the joiner hears `room:joined` before anything else.
+
+use super::request::{ApiError, ErrorCode, Request};
+use crate::auth::channel_access::{self, AccessError, ChannelAccess};
+use crate::auth::identity::Identity;
+use crate::broadcast::{Envelope, Kind, Membership, Sender};
+use crate::messages::{Outgoing, PersistedChannel, SendError};
+use crate::outbox::Outbox;
+use crate::phoenix::frame::BroadcastPayload;
+use crate::presence::PresenceMembership;
+use crate::rate_limit::RateLimit;
+use crate::state::Gateway;
+use crate::subscriber::{Subscriber, Wire};
+use crate::typing::TypingMembership;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The presence statuses of seed 001.
+pub const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
+/// Largest `metadata` of a message, and `customStatus` plus presence metadata, as JSON.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// What a request produced for the client: an event to emit (Socket.IO's `room:joined`,
+/// `pong`, `authenticated`; `None` when the ack alone answers) and the body, which is also the
+/// ack's payload.
+pub struct Reply {
+    pub event: Option<&'static str>,
+    pub body: Value,
+    /// A subscriber to open once the reply is queued (a join).
+    open: Option<Arc<Subscriber>>,
+}
+
+impl Reply {
+    fn new(event: Option<&'static str>, body: Value) -> Reply {
+        Reply {
+            event,
+            body,
+            open: None,
+        }
+    }
+
+    /// Lets the joined room's frames flow. Call right after queueing the reply.
+    pub fn open(&self) {
+        if let Some(subscriber) = &self.open {
+            subscriber.open();
+        }
+    }
+}
+
+/// A joined room.
+struct Joined {
+    subscriber: Arc<Subscriber>,
+    access: ChannelAccess,
+    room: Membership,
+    notify: Membership,
+    typing: Option<TypingMembership>,
+    presence: Option<PresenceMembership>,
+    persisted: Option<PersistedChannel>,
+    tracked: bool,
+    /// Threads (None: the room itself) this connection is typing in.
+    typing_in: HashSet<Option<String>>,
+}
+
+/// The rooms of one connection.
+pub struct RoomSession {
+    gateway: Arc<Gateway>,
+    outbox: Arc<Outbox>,
+    wire: Wire,
+    identity: Option<Arc<Identity>>,
+    rooms: HashMap<String, Joined>,
+    messages: RateLimit,
+    presence_updates: RateLimit,
+    events: RateLimit,
+    /// What this connection tracks in its rooms' presence: `userId`, `status`, ...
+    status: Map<String, Value>,
+}
+
+fn server_error(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::ServerError, format!("{what}: {e}"))
+}
+
+impl RoomSession {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        outbox: Arc<Outbox>,
+        wire: Wire,
+        identity: Option<Arc<Identity>>,
+    ) -> RoomSession {
+        let limits = &gateway.config.nself;
+        let messages = RateLimit::per_minute(limits.max_messages_per_minute);
+        let presence_updates = RateLimit::per_minute(limits.max_presence_updates_per_minute);
+        let events = RateLimit::per_second(gateway.config.max_events_per_second);
+        let mut session = RoomSession {
+            gateway,
+            outbox,
+            wire,
+            identity: None,
+            rooms: HashMap::new(),
+            messages,
+            presence_updates,
+            events,
+            status: Map::new(),
+        };
+        session.set_identity(identity);
+        session
+    }
+
+    fn set_identity(&mut self, identity: Option<Arc<Identity>>) {
+        self.identity = identity;
+        let user = self.user_id();
+        self.status.insert("userId".into(), Value::String(user));
+        self.status
+            .entry("status")
+            .or_insert_with(|| Value::String("online".into()));
+        self.status
+            .entry("onlineAt")
+            .or_insert_with(|| Value::String(crate::wire::now_rfc3339()));
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The user this connection acts for: the token's `sub` (or Hasura user id), else
+    /// `anon-<connection id>`.
+    pub fn user_id(&self) -> String {
+        self.identity
+            .as_ref()
+            .and_then(|i| {
+                i.claims.sub().map(str::to_string).or_else(|| {
+                    i.claims
+                        .hasura_user()
+                        .get("x-hasura-user-id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+            })
+            .unwrap_or_else(|| format!("anon-{}", self.outbox.id))
+    }
+
+    /// The rooms joined, by name.
+    pub fn room_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.rooms.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The `authenticated` body: `{userId, sessionId, rooms}`.
+    pub fn authenticated_body(&self) -> Value {
+        json!({
+            "userId": self.user_id(),
+            "sessionId": format!("{:016x}-{}", self.gateway.id, self.outbox.id),
+            "rooms": self.room_names(),
+            "role": self.identity.as_ref().and_then(|i| i.claims.role()).unwrap_or("anon"),
+        })
+    }
+
+    /// When the token expires, if it does.
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        let exp = self.identity.as_ref()?.expires_at()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let wait = Duration::from_secs(u64::try_from(exp - now).unwrap_or(0));
+        Some(tokio::time::Instant::now() + wait)
+    }
+
+    /// Handles one request.
+    pub async fn handle(&mut self, request: Request) -> Result<Reply, ApiError> {
+        let result = match request {
+            Request::Ping => Ok(Reply::new(
+                Some("pong"),
+                json!({ "timestamp": time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 }),
+            )),
+            Request::Authenticate { token } => self.authenticate(&token).await,
+            _ if self.identity.is_none() => Err(ApiError::new(
+                ErrorCode::AuthenticationFailed,
+                "not authenticated: send {\"type\": \"auth\", \"token\": \"<jwt>\"} first (or connect with a token)",
+            )),
+            Request::Join { room } => self.join(&room).await,
+            Request::Leave { room } => self.leave(&room).await,
+            Request::Send {
+                room,
+                content,
+                message_type,
+                metadata,
+                thread_id,
+            } => {
+                self.send(&room, &content, message_type, metadata, thread_id)
+                    .await
+            }
+            Request::Typing {
+                room,
+                thread_id,
+                typing,
+            } => self.typing(&room, thread_id, typing).await,
+            Request::Presence {
+                room,
+                status,
+                custom_status,
+                metadata,
+            } => {
+                self.update_presence(room.as_deref(), &status, custom_status, metadata)
+                    .await
+            }
+            Request::Broadcast {
+                room,
+                event,
+                payload,
+            } => self.broadcast(&room, &event, &payload).await,
+        };
+        if let Err(e) = &result {
+            self.gateway.metrics.nself_error(e.code.as_str());
+        }
+        result
+    }
+
+    async fn authenticate(&mut self, token: &str) -> Result<Reply, ApiError> {
+        let claims = self.gateway.verifier.verify(token).map_err(|e| {
+            ApiError::new(
+                ErrorCode::AuthenticationFailed,
+                format!("invalid token: {e}"),
+            )
+        })?;
+        self.set_identity(Some(Arc::new(Identity::new(claims))));
+        // Rooms joined under the old token are checked again under the new claims.
+        let identity = self.identity.clone().expect("just set");
+        let mut left = Vec::new();
+        for room in self.room_names() {
+            match self.authorize(&identity, &room).await {
+                Ok(access) => {
+                    if let Some(joined) = self.rooms.get_mut(&room) {
+                        joined.access = access;
+                    }
+                }
+                Err(_) => {
+                    if let Some(joined) = self.rooms.remove(&room) {
+                        self.close(&room, joined).await;
+                    }
+                    left.push(room);
+                }
+            }
+        }
+        let mut body = self.authenticated_body();
+        body["left"] = json!(left);
+        Ok(Reply::new(Some("authenticated"), body))
+    }
+
+    async fn authorize(&self, identity: &Identity, room: &str) -> Result<ChannelAccess, ApiError> {
+        let mut client = self
+            .gateway
+            .pool
+            .get()
+            .await
+            .map_err(|e| server_error("authorization is unavailable", e))?;
+        let access = channel_access::authorize(
+            &mut client,
+            &identity.claims,
+            &self.gateway.roles,
+            room,
+            false,
+            self.gateway.config.require_channels,
+        )
+        .await
+        .map_err(|e| match e {
+            AccessError::Session(e) => {
+                ApiError::new(ErrorCode::AuthenticationFailed, e.to_string())
+            }
+            other => server_error("cannot authorize the room", other),
+        })?;
+        if !access.allowed {
+            return Err(ApiError::new(
+                ErrorCode::RoomAccessDenied,
+                access
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("Access denied to room: {room}")),
+            )
+            .with_details(json!({ "roomName": room })));
+        }
+        Ok(access)
+    }
+
+    async fn join(&mut self, room: &str) -> Result<Reply, ApiError> {
+        if let Some(joined) = self.rooms.get(room) {
+            return Ok(Reply::new(
+                Some("room:joined"),
+                joined_body(room, &joined.access),
+            ));
+        }
+        let max = self.gateway.config.max_channels_per_client;
+        if self.rooms.len() >= max {
+            return Err(ApiError::new(
+                ErrorCode::RateLimitExceeded,
+                format!("too many rooms: at most {max} per connection (REALTIME_MAX_CHANNELS_PER_CLIENT)"),
+            ));
+        }
+        let identity = self.identity.clone().expect("checked by handle");
+        let access = self.authorize(&identity, room).await?;
+        let gateway = self.gateway.clone();
+        let subscriber = Arc::new(Subscriber::new(
+            self.outbox.clone(),
+            self.wire,
+            room.into(),
+            None,
+        ));
+        let bus = |e: nself_realtime_shared::bus::BusError| server_error("cannot join the room", e);
+        let room_membership = gateway
+            .broadcasts
+            .join(room, subscriber.clone(), true)
+            .await
+            .map_err(bus)?;
+        let notify = match gateway
+            .notifications
+            .join(room, subscriber.clone(), true)
+            .await
+        {
+            Ok(notify) => notify,
+            Err(e) => {
+                gateway.broadcasts.leave(&room_membership);
+                return Err(bus(e));
+            }
+        };
+        let mut joined = Joined {
+            subscriber: subscriber.clone(),
+            access,
+            room: room_membership,
+            notify,
+            typing: None,
+            presence: None,
+            persisted: None,
+            tracked: false,
+            typing_in: HashSet::new(),
+        };
+        let limits = &gateway.config.nself;
+        let registered = async {
+            if limits.typing {
+                joined.typing = Some(gateway.typing.join(room, subscriber.clone()).await?);
+            }
+            if let (true, Some(channel_id)) = (joined.access.persisted, &joined.access.channel_id) {
+                joined.persisted = Some(gateway.messages.register(channel_id, room).await?);
+            }
+            if limits.presence {
+                joined.presence = Some(gateway.presences.join(room, subscriber.clone()).await?);
+                gateway
+                    .presences
+                    .track(room, self.outbox.id, &self.user_id(), self.status.clone())
+                    .await?;
+                joined.tracked = true;
+            }
+            Ok::<_, nself_realtime_shared::bus::BusError>(())
+        }
+        .await;
+        if let Err(e) = registered {
+            self.close(room, joined).await;
+            return Err(bus(e));
+        }
+        let body = joined_body(room, &joined.access);
+        self.rooms.insert(room.to_string(), joined);
+        let mut reply = Reply::new(Some("room:joined"), body);
+        reply.open = Some(subscriber);
+        Ok(reply)
+    }
+
+    async fn leave(&mut self, room: &str) -> Result<Reply, ApiError> {
+        if let Some(joined) = self.rooms.remove(room) {
+            self.close(room, joined).await;
+        }
+        Ok(Reply::new(Some("room:left"), json!({ "roomName": room })))
+    }
+
+    /// The joined room, or ROOM_ACCESS_DENIED.
+    fn joined(&self, room: &str) -> Result<&Joined, ApiError> {
+        self.rooms.get(room).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::RoomAccessDenied,
+                format!("join room {room} first (room:join / subscribe)"),
+            )
+            .with_details(json!({ "roomName": room }))
+        })
+    }
+
+    fn may_send(&self, room: &str) -> Result<&Joined, ApiError> {
+        let joined = self.joined(room)?;
+        if !joined.access.can_send {
+            return Err(ApiError::new(
+                ErrorCode::RoomAccessDenied,
+                format!("you may not send to room {room}"),
+            )
+            .with_details(json!({ "roomName": room })));
+        }
+        Ok(joined)
+    }
+
+    fn rate_limited(limit: &RateLimit, what: &str, per: &str, env: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::RateLimitExceeded,
+            format!("too many {what}: slow down ({per}, {env})"),
+        )
+        .with_details(json!({ "retryAfter": limit.retry_after() }))
+    }
+
+    async fn send(
+        &mut self,
+        room: &str,
+        content: &Value,
+        message_type: Option<Value>,
+        metadata: Option<Value>,
+        thread_id: Option<Value>,
+    ) -> Result<Reply, ApiError> {
+        let limits = self.gateway.config.nself.clone();
+        if !self.messages.allow() {
+            return Err(Self::rate_limited(
+                &self.messages,
+                "messages",
+                &format!("{} per minute", limits.max_messages_per_minute),
+                "REALTIME_MAX_MESSAGES_PER_MINUTE",
+            ));
+        }
+        self.may_send(room)?;
+        let content = match content {
+            Value::String(text) if !text.trim().is_empty() => text.as_str(),
+            Value::String(_) | Value::Null => {
+                return Err(ApiError::validation("Content cannot be empty"))
+            }
+            _ => return Err(ApiError::validation("content must be a string")),
+        };
+        let length = content.chars().count();
+        if length > limits.max_content_length {
+            return Err(ApiError::validation(format!(
+                "Content too long (max {} chars, got {length}; REALTIME_MAX_CONTENT_LENGTH)",
+                limits.max_content_length
+            )));
+        }
+        let message_type = match &message_type {
+            None | Some(Value::Null) => "text",
+            Some(Value::String(t)) if limits.message_types.iter().any(|k| k == t) => t.as_str(),
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "Invalid message type {other}: use one of {}",
+                    limits.message_types.join(", ")
+                )))
+            }
+        };
+        let metadata = match metadata {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::Object(meta)) => Value::Object(meta),
+            Some(_) => return Err(ApiError::validation("metadata must be an object")),
+        };
+        if metadata.to_string().len() > MAX_METADATA_BYTES {
+            return Err(ApiError::validation("metadata is larger than 16 KiB"));
+        }
+        let thread_id = match &thread_id {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if t.len() <= 255 => Some(t.as_str()),
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "threadId must be a string of at most 255 bytes",
+                ))
+            }
+        };
+        let outgoing = Outgoing {
+            content,
+            message_type,
+            metadata: &metadata,
+            thread_id,
+        };
+        let joined = self.joined(room)?;
+        let persisted = joined.persisted.is_some();
+        let room_type = joined
+            .access
+            .channel_type
+            .clone()
+            .unwrap_or_else(|| "adhoc".into());
+        let sent = if persisted {
+            let identity = self.identity.clone().expect("checked by handle");
+            self.gateway
+                .messages
+                .store(&identity, room, &outgoing)
+                .await
+        } else {
+            let from = Sender {
+                gateway: self.gateway.id,
+                conn: self.outbox.id,
+            };
+            self.gateway
+                .messages
+                .publish(from, &self.user_id(), room, &outgoing)
+                .await
+        };
+        let message = sent.map_err(|e| match e {
+            SendError::Denied { .. } => ApiError::new(ErrorCode::RoomAccessDenied, e.to_string())
+                .with_details(json!({ "roomName": room })),
+            other => server_error("message not sent", other),
+        })?;
+        self.gateway.metrics.nself_message(&room_type);
+        // Sending ends typing in that thread.
+        let thread = thread_id.map(str::to_string);
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|j| j.typing_in.contains(&thread))
+        {
+            let _ = self.typing(room, thread, false).await;
+        }
+        Ok(Reply::new(None, json!({ "ok": true, "message": message })))
+    }
+
+    async fn typing(
+        &mut self,
+        room: &str,
+        thread: Option<String>,
+        typing: bool,
+    ) -> Result<Reply, ApiError> {
+        if !self.gateway.config.nself.typing {
+            return Err(ApiError::validation(
+                "typing indicators are off (REALTIME_ENABLE_TYPING)",
+            ));
+        }
+        if !self.events.allow() {
+            return Err(Self::rate_limited(
+                &self.events,
+                "events",
+                &format!("{} per second", self.gateway.config.max_events_per_second),
+                "REALTIME_MAX_EVENTS_PER_SECOND",
+            ));
+        }
+        self.may_send(room)?;
+        let user = self.user_id();
+        self.gateway
+            .typing
+            .signal(room, &user, thread.as_deref(), typing)
+            .await
+            .map_err(|e| server_error("typing not sent", e))?;
+        let joined = self.rooms.get_mut(room).expect("checked by may_send");
+        if typing {
+            joined.typing_in.insert(thread.clone());
+        } else {
+            joined.typing_in.remove(&thread);
+        }
+        Ok(Reply::new(
+            None,
+            json!({ "ok": true, "roomName": room, "threadId": thread, "typing": typing }),
+        ))
+    }
+
+    async fn update_presence(
+        &mut self,
+        room: Option<&str>,
+        status: &str,
+        custom_status: Option<Value>,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<Reply, ApiError> {
+        if !self.gateway.config.nself.presence {
+            return Err(ApiError::validation(
+                "presence is off (REALTIME_ENABLE_PRESENCE)",
+            ));
+        }
+        if !self.presence_updates.allow() {
+            return Err(Self::rate_limited(
+                &self.presence_updates,
+                "presence updates",
+                &format!(
+                    "{} per minute",
+                    self.gateway.config.nself.max_presence_updates_per_minute
+                ),
+                "REALTIME_MAX_PRESENCE_UPDATES_PER_MINUTE",
+            ));
+        }
+        if !STATUSES.contains(&status) {
+            return Err(ApiError::validation(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        if let Some(room) = room {
+            self.joined(room)?;
+        }
+        let mut status_map = self.status.clone();
+        status_map.insert("status".into(), Value::String(status.to_string()));
+        match custom_status {
+            Some(custom) => status_map.insert("customStatus".into(), custom),
+            None => status_map.remove("customStatus"),
+        };
+        if let Some(metadata) = metadata {
+            for (k, v) in metadata {
+                if !matches!(k.as_str(), "userId" | "status" | "customStatus" | "phx_ref") {
+                    status_map.insert(k, v);
+                }
+            }
+        }
+        if Value::Object(status_map.clone()).to_string().len() > MAX_METADATA_BYTES {
+            return Err(ApiError::validation("presence data is larger than 16 KiB"));
+        }
+        self.status = status_map;
+        let rooms: Vec<String> = match room {
+            Some(room) => vec![room.to_string()],
+            None => self.room_names(),
+        };
+        let user = self.user_id();
+        for name in &rooms {
+            if let Some(joined) = self.rooms.get_mut(name) {
+                if joined.presence.is_none() {
+                    continue;
+                }
+                self.gateway
+                    .presences
+                    .track(name, self.outbox.id, &user, self.status.clone())
+                    .await
+                    .map_err(|e| server_error("presence not updated", e))?;
+                joined.tracked = true;
+            }
+        }
+        let mut body = Value::Object(self.status.clone());
+        body["rooms"] = json!(rooms);
+        Ok(Reply::new(None, body))
+    }
+
+    async fn broadcast(
+        &mut self,
+        room: &str,
+        event: &str,
+        payload: &Value,
+    ) -> Result<Reply, ApiError> {
+        if !self.events.allow() {
+            return Err(Self::rate_limited(
+                &self.events,
+                "events",
+                &format!("{} per second", self.gateway.config.max_events_per_second),
+                "REALTIME_MAX_EVENTS_PER_SECOND",
+            ));
+        }
+        self.may_send(room)?;
+        let envelope = Envelope {
+            from: Some(Sender {
+                gateway: self.gateway.id,
+                conn: self.outbox.id,
+            }),
+            kind: Kind::User,
+            event: event.to_string(),
+            payload: BroadcastPayload::Json(Bytes::from(
+                serde_json::to_vec(payload).expect("JSON values serialize"),
+            )),
+            meta: Some(json!({ "userId": self.user_id() })),
+        };
+        self.gateway
+            .broadcasts
+            .publish(room, &envelope)
+            .await
+            .map_err(|e| server_error("broadcast not sent", e))?;
+        self.gateway.metrics.broadcasts_received.inc();
+        Ok(Reply::new(
+            None,
+            json!({ "ok": true, "roomName": room, "event": event }),
+        ))
+    }
+
+    /// Unregisters a room everywhere; a typist stops typing, a tracked member leaves.
+    async fn close(&self, room: &str, joined: Joined) {
+        joined.subscriber.close();
+        let gateway = &self.gateway;
+        gateway.broadcasts.leave(&joined.room);
+        gateway.notifications.leave(&joined.notify);
+        if let Some(typing) = &joined.typing {
+            let user = self.user_id();
+            for thread in &joined.typing_in {
+                if let Err(e) = gateway
+                    .typing
+                    .signal(room, &user, thread.as_deref(), false)
+                    .await
+                {
+                    tracing::debug!(channel = room, error = %e, "could not clear typing");
+                }
+            }
+            gateway.typing.leave(typing);
+        }
+        if let Some(persisted) = &joined.persisted {
+            gateway.messages.unregister(persisted);
+        }
+        if let Some(presence) = &joined.presence {
+            gateway.presences.leave(presence);
+        }
+        if joined.tracked {
+            if let Err(e) = gateway.presences.untrack(room, self.outbox.id).await {
+                tracing::warn!(channel = room, error = %e, "could not remove presence");
+            }
+        }
+    }
+
+    /// Leaves every room (the connection ended).
+    pub async fn leave_all(&mut self) {
+        for (room, joined) in std::mem::take(&mut self.rooms) {
+            self.close(&room, joined).await;
+        }
+    }
+}
+
+/// The `room:joined` body.
+fn joined_body(room: &str, access: &ChannelAccess) -> Value {
+    json!({
+        "roomName": room,
+        "channelType": access.channel_type.as_deref().unwrap_or("public"),
+        "persisted": access.persisted,
+        "canSend": access.can_send,
+    })
+}
