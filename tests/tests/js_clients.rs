@@ -1,5 +1,5 @@
-//! Runs the real JavaScript clients of `tests/js/` (supabase-js pinned in its package.json)
-//! against a whole stack: private Postgres and NATS, the CDC and two gateways. The stack's
+//! Runs the real JavaScript clients of `tests/js/` (supabase-js, socket.io-client, ws and pg,
+//! pinned in its package.json) against a whole stack: private Postgres and NATS, the CDC and two gateways. The stack's
 //! addresses and tokens reach the JS tests through environment variables; node's test runner
 //! reports each case, and this test fails if any of them does.
 
@@ -9,13 +9,14 @@ use std::path::Path;
 use std::process::Command;
 
 #[tokio::test]
-async fn supabase_js_against_two_gateways() {
+async fn js_clients_against_two_gateways() {
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
     assert!(
         js.join("node_modules/@supabase/supabase-js").exists(),
         "tests/js has no node_modules: run `npm ci --prefix tests/js` (scripts/test does)"
     );
-    let stack = Stack::start(2, &[]).await;
+    // Typing indicators expire after 1 s instead of 3 s, to keep the expiry test short.
+    let stack = Stack::start(2, &[("REALTIME_TYPING_TIMEOUT", "1000")]).await;
     let tokens = json!({
         "alice": token(json!({"role": "authenticated", "sub": "alice"})),
         "bob": token(json!({"role": "authenticated", "sub": "bob"})),
