@@ -11,6 +11,8 @@ mod load_client;
 mod machine;
 mod measure;
 mod presence;
+mod socketio_client;
+mod socketio_fanout;
 mod stack;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,8 @@ enum Scenario {
     Presence(presence::Args),
     /// Channel joins per second, with and without RLS authorization.
     Joins(joins::Args),
+    /// The fanout workload over Socket.IO: one gateway beside a plain Node.js Socket.IO server.
+    SocketioFanout(socketio_fanout::Args),
 }
 
 #[tokio::main]
@@ -53,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ChangesRls(args) => changes_rls::run(args).await,
         Scenario::Presence(args) => presence::run(args).await,
         Scenario::Joins(args) => joins::run(args).await,
+        Scenario::SocketioFanout(args) => socketio_fanout::run(args).await,
     }
 }
