@@ -31,6 +31,20 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP_PER_MINUTE: u32 = 100;
 pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 10_000;
 /// Default `REALTIME_MESSAGE_TYPES` (seed 000).
 pub const DEFAULT_MESSAGE_TYPES: &str = "text,system,file,event";
+/// Default `REALTIME_LOG_EVENT_TYPES` (seed 001).
+pub const DEFAULT_LOG_EVENT_TYPES: &str = "connect,disconnect,error";
+/// Event types the log knows.
+pub const LOG_EVENT_TYPES: [&str; 9] = [
+    "connect",
+    "disconnect",
+    "error",
+    "join",
+    "leave",
+    "message",
+    "typing",
+    "presence",
+    "broadcast",
+];
 /// Default `REALTIME_TYPING_TIMEOUT` (seed 001: 3000 ms).
 pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -76,6 +90,10 @@ pub struct NselfLimits {
     /// `REALTIME_ENABLE_TYPING`, `REALTIME_ENABLE_PRESENCE`.
     pub typing: bool,
     pub presence: bool,
+    /// `REALTIME_LOG_EVENTS`: write the event log and connection history to Postgres.
+    pub log_events: bool,
+    /// `REALTIME_LOG_EVENT_TYPES`: which events the log keeps.
+    pub log_event_types: Vec<String>,
 }
 
 impl Default for NselfLimits {
@@ -91,6 +109,11 @@ impl Default for NselfLimits {
             typing_timeout: DEFAULT_TYPING_TIMEOUT,
             typing: true,
             presence: true,
+            log_events: true,
+            log_event_types: DEFAULT_LOG_EVENT_TYPES
+                .split(',')
+                .map(str::to_string)
+                .collect(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub rls_denied_rows: IntCounter,
     pub broadcast_topics: IntGauge,
     pub change_feeds: IntGauge,
+    pub event_log_written: IntCounter,
+    pub event_log_dropped: IntCounter,
     /// Seed 003: connections accepted, by `type` (authenticated, anonymous).
     pub seed_connections_total: IntCounterVec,
     /// Seed 003: open connections, by `protocol` (phoenix, socketio, websocket).
@@ -106,6 +108,14 @@ impl Metrics {
             change_feeds: gauge(
                 "realtime_gateway_change_feeds",
                 "Change-log readers (tables with subscribers here)",
+            ),
+            event_log_written: counter(
+                "realtime_gateway_event_log_written_total",
+                "Event log entries written to Postgres",
+            ),
+            event_log_dropped: counter(
+                "realtime_gateway_event_log_dropped_total",
+                "Event log entries dropped (queue full or Postgres failing)",
             ),
             seed_connections_total: register(
                 &registry,

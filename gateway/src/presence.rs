@@ -52,6 +52,19 @@ struct Topic {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// One presence entry as operators see it ([`Presences::snapshot`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceRecord {
+    pub channel: String,
+    /// The presence key: the user for the nself protocols, `config.presence.key` for Phoenix.
+    pub key: String,
+    /// The store's member id (gateway and connection).
+    pub member: String,
+    pub meta: Value,
+    /// Seconds since the entry was last written, when the store says.
+    pub age_seconds: Option<f64>,
+}
+
 /// Timing derived from `REALTIME_HEARTBEAT_INTERVAL`.
 #[derive(Debug, Clone, Copy)]
 pub struct PresenceTiming {
@@ -346,6 +359,33 @@ impl Presences {
                 send_diff(&topic, &members, &[], &left);
             }
         }
+    }
+
+    /// Every live presence entry of every channel, from the store (for operators: any gateway
+    /// answers for all). Entries not refreshed within the timeout are left out.
+    pub async fn snapshot(&self) -> Result<Vec<PresenceRecord>, BusError> {
+        let now = time::OffsetDateTime::now_utc();
+        let timeout = time::Duration::try_from(self.timing.timeout).unwrap_or(time::Duration::MAX);
+        let entries = self.store.snapshot().await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|stored| {
+                let (token, member) = stored.key.split_once('.')?;
+                let channel = nself_realtime_shared::subject::kv_untoken(token).ok()?;
+                let entry: Entry = serde_json::from_slice(&stored.value).ok()?;
+                let age = stored.written_at.map(|at| now - at);
+                if age.is_some_and(|age| age > timeout) {
+                    return None;
+                }
+                Some(PresenceRecord {
+                    channel,
+                    key: entry.key,
+                    member: member.to_string(),
+                    meta: entry.meta,
+                    age_seconds: age.map(|a| a.as_seconds_f64().max(0.0)),
+                })
+            })
+            .collect())
     }
 
     /// Members of a topic as this gateway sees them (for tests and the CLI).

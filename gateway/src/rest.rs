@@ -45,7 +45,7 @@ pub struct OneParams {
     private: Option<String>,
 }
 
-fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Refusal> {
+pub fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Refusal> {
     let token = request_token(headers, None).ok_or_else(|| {
         refusal(
             StatusCode::UNAUTHORIZED,

@@ -7,6 +7,7 @@
 //! | `POST …/api/broadcast/{topic}/events/{event}` | realtime-js `httpSend` |
 //! | `GET /socket.io/?EIO=4&transport=websocket` | Socket.IO (nself plugin events) |
 //! | `GET /ws` | the plain WebSocket JSON protocol (seed 004) |
+//! | `POST /api/control` | the operators' API ([`crate::control`], `service_role` only) |
 //! | `GET /health`, `GET /metrics` | health JSON, Prometheus text |
 //!
 //! Handlers are thin: they check the upgrade (connections per IP, the token it carries) and
@@ -52,6 +53,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/socket.io/", get(socket_io))
         .route("/socket.io", get(socket_io))
         .route("/ws", get(plain_websocket))
+        .route("/api/control", post(crate::control::http))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
@@ -221,11 +223,13 @@ fn upgrade_identity(
 fn accept<F, Fut>(
     gateway: Arc<Gateway>,
     client: ClientAddr,
+    headers: &HeaderMap,
+    identity: Option<&Arc<Identity>>,
     upgrade: WebSocketUpgrade,
     connection: F,
 ) -> Result<Response, Refusal>
 where
-    F: FnOnce(WebSocket, Arc<Gateway>, ConnectionSlot) -> Fut + Send + 'static,
+    F: FnOnce(WebSocket, Arc<Gateway>, ConnectionSlot, socket::Peer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     if let Some(ip) = client.0 {
@@ -246,10 +250,18 @@ where
         .write_buffer_size(0)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes);
+    let peer = socket::Peer {
+        remote_addr: client.0,
+        user_agent: headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+        user_id: identity.and_then(|i| i.user_id()),
+    };
     let slot = gateway.admit();
     Ok(upgrade.on_upgrade(move |socket| async move {
         match slot {
-            Some(slot) => connection(socket, gateway, slot).await,
+            Some(slot) => connection(socket, gateway, slot, peer).await,
             None => {
                 let reason = format!(
                     "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
@@ -286,9 +298,17 @@ async fn websocket(
             ))
         }
     };
-    accept(gateway, client, upgrade, move |socket, gateway, slot| {
-        phoenix::connection::run(socket, gateway, slot, vsn, identity)
-    })
+    let named = identity.clone();
+    accept(
+        gateway,
+        client,
+        &headers,
+        named.as_ref(),
+        upgrade,
+        move |socket, gateway, slot, peer| {
+            phoenix::connection::run(socket, gateway, slot, peer, vsn, identity)
+        },
+    )
 }
 
 /// `/socket.io/`: Engine.IO v4 over the websocket transport only (see [`crate::socketio`]).
@@ -318,9 +338,17 @@ async fn socket_io(
         ));
     };
     let identity = upgrade_identity(&gateway, &headers, &params)?;
-    accept(gateway, client, upgrade, move |socket, gateway, slot| {
-        socketio::connection::run(socket, gateway, slot, identity)
-    })
+    let named = identity.clone();
+    accept(
+        gateway,
+        client,
+        &headers,
+        named.as_ref(),
+        upgrade,
+        move |socket, gateway, slot, peer| {
+            socketio::connection::run(socket, gateway, slot, peer, identity)
+        },
+    )
 }
 
 /// `/ws`: the plain WebSocket JSON protocol (see [`crate::native`]).
@@ -337,9 +365,17 @@ async fn plain_websocket(
             .allow_anonymous
             .then(|| Arc::new(Identity::anonymous()))
     });
-    accept(gateway, client, upgrade, move |socket, gateway, slot| {
-        native::connection::run(socket, gateway, slot, identity)
-    })
+    let named = identity.clone();
+    accept(
+        gateway,
+        client,
+        &headers,
+        named.as_ref(),
+        upgrade,
+        move |socket, gateway, slot, peer| {
+            native::connection::run(socket, gateway, slot, peer, identity)
+        },
+    )
 }
 
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {

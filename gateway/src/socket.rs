@@ -38,16 +38,47 @@ pub trait Session: Send {
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// Who is at the other end of a socket, as the upgrade request said.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub remote_addr: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+    /// The user the upgrade's token named, if any.
+    pub user_id: Option<String>,
+}
+
 /// Runs a connection (see the module docs) until the client leaves, goes idle, is kicked, or
-/// the gateway shuts down. `start` builds the session around the connection's outbox.
+/// the gateway shuts down. `start` builds the session around the connection's outbox. The
+/// connection is in the gateway's [`crate::registry`] and event log meanwhile.
 pub async fn serve<S: Session>(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
+    peer: Peer,
     start: impl FnOnce(Arc<Outbox>) -> S,
 ) {
     let (outbox, receiver) = Outbox::new(gateway.config.send_queue);
     let span = tracing::info_span!("connection", conn = outbox.id, protocol = S::PROTOCOL);
+    let id = gateway.connection_id(outbox.id);
+    let remote_addr = peer.remote_addr.map(|ip| ip.to_string());
+    gateway.registry.open(
+        outbox.id,
+        crate::registry::ConnectionInfo {
+            id: id.clone(),
+            protocol: S::PROTOCOL,
+            user_id: peer.user_id.clone(),
+            remote_addr: remote_addr.clone(),
+            connected_at: crate::wire::now_rfc3339(),
+            rooms: Default::default(),
+        },
+    );
+    gateway.events.opened(
+        &id,
+        S::PROTOCOL,
+        peer.user_id.as_deref(),
+        remote_addr.as_deref(),
+        peer.user_agent.as_deref(),
+    );
     async move {
         let (sink, mut stream) = socket.split();
         let writer = tokio::spawn(write(sink, receiver).in_current_span());
@@ -101,6 +132,11 @@ pub async fn serve<S: Session>(
             reason: String::new(),
         });
         let _ = writer.await;
+        let user = gateway
+            .registry
+            .close(outbox.id)
+            .and_then(|info| info.user_id);
+        gateway.events.closed(&id, user.as_deref());
         drop(slot);
     }
     .instrument(span)

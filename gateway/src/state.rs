@@ -7,10 +7,12 @@ use crate::broadcast::{Broadcasts, Source};
 use crate::changes::feed::ChangeFeeds;
 use crate::config::GatewayConfig;
 use crate::db::Pool;
+use crate::event_log::EventLog;
 use crate::messages::Messages;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceTiming, Presences};
 use crate::rate_limit::ConnectionsPerIp;
+use crate::registry::Registry;
 use crate::typing::Typing;
 use nself_realtime_shared::bus::{Broker, ChangeLog, PresenceStore};
 use nself_realtime_shared::jwt::Verifier;
@@ -43,6 +45,9 @@ pub struct Gateway {
     pub feeds: Arc<ChangeFeeds>,
     pub metrics: Arc<Metrics>,
     pub connections_per_ip: ConnectionsPerIp,
+    /// Live connections, for operators.
+    pub registry: Registry,
+    pub events: EventLog,
     connections: AtomicUsize,
     pub started: Instant,
     shutdown: watch::Sender<bool>,
@@ -72,12 +77,23 @@ impl Gateway {
         let timing = PresenceTiming::from_heartbeat(config.heartbeat_interval);
         let (shutdown, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        let events = if config.nself.log_events {
+            EventLog::start(
+                pool.clone(),
+                format!("{id:016x}"),
+                config.nself.log_event_types.clone(),
+                metrics.clone(),
+            )
+        } else {
+            EventLog::off(metrics.clone())
+        };
+        let control_broker = backends.broker.clone();
         let broadcasts = Arc::new(Broadcasts::new(
             backends.broker.clone(),
             id,
             Source::Broadcast,
         ));
-        Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             id,
             notifications: Arc::new(Broadcasts::new(backends.broker.clone(), id, Source::Notify)),
             typing: Typing::start(backends.broker, config.nself.typing_timeout),
@@ -91,6 +107,8 @@ impl Gateway {
             broadcasts,
             presences: Presences::start(backends.presence, id, timing),
             connections_per_ip: ConnectionsPerIp::new(config.max_connections_per_ip_per_minute),
+            registry: Registry::default(),
+            events,
             feeds: ChangeFeeds::new(
                 backends.changes,
                 pool.clone(),
@@ -105,7 +123,9 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             started: Instant::now(),
             shutdown,
-        })
+        });
+        tokio::spawn(crate::control::serve_bus(gateway.clone(), control_broker));
+        gateway
     }
 
     /// Takes a connection slot, or `None` at `REALTIME_MAX_CONNECTIONS`.
@@ -129,6 +149,17 @@ impl Gateway {
 
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// The id operators and the connection history know connection `conn` by.
+    pub fn connection_id(&self, conn: crate::outbox::ConnId) -> String {
+        format!("{:016x}-{conn}", self.id)
+    }
+
+    /// A connection learnt who it acts for.
+    pub fn identify(&self, conn: crate::outbox::ConnId, user_id: &str) {
+        self.registry.set_user(conn, Some(user_id.to_string()));
+        self.events.identified(&self.connection_id(conn), user_id);
     }
 
     /// Tells every connection to close (graceful shutdown).

@@ -54,6 +54,11 @@ pub fn kv_token(name: &str) -> Result<String, SubjectError> {
     Ok(escape_token(name)?.replace('~', "="))
 }
 
+/// Reverses [`kv_token`].
+pub fn kv_untoken(token: &str) -> Result<String, SubjectError> {
+    unescape_token(&token.replace('=', "~"))
+}
+
 /// Reverses [`escape_token`].
 pub fn unescape_token(token: &str) -> Result<String, SubjectError> {
     let bad = || SubjectError::BadEscape(token.to_string());

@@ -121,6 +121,16 @@ pub struct GatewayArgs {
         default_value = "true"
     )]
     pub enable_typing: String,
+    /// Write the event log and connection history to Postgres (realtime.events, realtime.connections).
+    #[arg(
+        long = "realtime-log-events",
+        env = "REALTIME_LOG_EVENTS",
+        default_value = "true"
+    )]
+    pub log_events: String,
+    /// Event types the log keeps: connect, disconnect, error, join, leave, message, typing, presence, broadcast.
+    #[arg(long = "realtime-log-event-types", env = "REALTIME_LOG_EVENT_TYPES", default_value = defaults::DEFAULT_LOG_EVENT_TYPES)]
+    pub log_event_types: String,
     /// Presence on the nself API (joins tracked, presence:update).
     #[arg(
         long = "realtime-enable-presence",
@@ -194,6 +204,16 @@ impl GatewayArgs {
                 "REALTIME_MESSAGE_TYPES is empty: name at least one type, e.g. text,system,file,event"
             )));
         }
+        let log_event_types = config::comma_list(&self.log_event_types);
+        if let Some(unknown) = log_event_types
+            .iter()
+            .find(|t| !defaults::LOG_EVENT_TYPES.contains(&t.as_str()))
+        {
+            return Err(CliError::usage(anyhow!(
+                "REALTIME_LOG_EVENT_TYPES names {unknown:?}; use some of {}",
+                defaults::LOG_EVENT_TYPES.join(",")
+            )));
+        }
         let config = GatewayConfig {
             listen: SocketAddr::new(self.host, self.port),
             database,
@@ -225,6 +245,8 @@ impl GatewayArgs {
                 .map_err(CliError::usage)?,
                 typing: boolean("REALTIME_ENABLE_TYPING", &self.enable_typing)?,
                 presence: boolean("REALTIME_ENABLE_PRESENCE", &self.enable_presence)?,
+                log_events: boolean("REALTIME_LOG_EVENTS", &self.log_events)?,
+                log_event_types,
             },
         };
         Ok((config, verifier, roles))

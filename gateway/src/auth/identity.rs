@@ -29,6 +29,17 @@ impl Identity {
         Identity::new(Claims::from_map(claims))
     }
 
+    /// The user the claims name: `sub`, else the Hasura user id.
+    pub fn user_id(&self) -> Option<String> {
+        self.claims.sub().map(str::to_string).or_else(|| {
+            self.claims
+                .hasura_user()
+                .get("x-hasura-user-id")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+    }
+
     /// Seconds since the Unix epoch at which the token expires, if it does.
     pub fn expires_at(&self) -> Option<i64> {
         self.claims.exp()

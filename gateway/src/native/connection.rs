@@ -49,10 +49,11 @@ pub async fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
+    peer: socket::Peer,
     identity: Option<Arc<Identity>>,
 ) {
     let session_gateway = gateway.clone();
-    socket::serve(socket, gateway, slot, move |outbox| {
+    socket::serve(socket, gateway, slot, peer, move |outbox| {
         let rooms = RoomSession::new(
             session_gateway.clone(),
             outbox.clone(),
@@ -66,7 +67,7 @@ pub async fn run(
         );
         let mut hello = json!({
             "type": "connected",
-            "connectionId": format!("{:016x}-{}", session_gateway.id, outbox.id),
+            "connectionId": session_gateway.connection_id(outbox.id),
             "serverTime": wire::now_rfc3339(),
             "protocolVersion": PROTOCOL_VERSION,
             "authenticated": authenticated,

@@ -335,6 +335,7 @@ impl Channels {
                 );
             }
         }
+        self.gateway.registry.joined(self.outbox.id, &slug);
         self.joined.insert(frame.topic.clone(), joined);
         Ok(())
     }
@@ -631,6 +632,7 @@ impl Channels {
     /// Unregisters a channel everywhere.
     async fn close(&self, joined: Joined) {
         joined.subscriber.close();
+        self.gateway.registry.left(self.outbox.id, &joined.slug);
         self.gateway.broadcasts.leave(&joined.room);
         if let Some(presence) = &joined.presence {
             self.gateway.presences.leave(presence);

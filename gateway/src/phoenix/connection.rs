@@ -16,6 +16,7 @@ pub async fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
+    peer: socket::Peer,
     vsn: Vsn,
     identity: Option<Arc<Identity>>,
 ) {
@@ -24,7 +25,7 @@ pub async fn run(
         identity.as_ref().is_some_and(|i| i.claims.sub().is_some()),
         "phoenix",
     );
-    socket::serve(socket, gateway, slot, move |outbox| PhoenixSession {
+    socket::serve(socket, gateway, slot, peer, move |outbox| PhoenixSession {
         channels: Channels::new(session_gateway.clone(), outbox.clone(), vsn, identity),
         gateway: session_gateway,
         outbox,

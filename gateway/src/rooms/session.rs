@@ -137,15 +137,7 @@ impl RoomSession {
     pub fn user_id(&self) -> String {
         self.identity
             .as_ref()
-            .and_then(|i| {
-                i.claims.sub().map(str::to_string).or_else(|| {
-                    i.claims
-                        .hasura_user()
-                        .get("x-hasura-user-id")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-            })
+            .and_then(|i| i.user_id())
             .unwrap_or_else(|| format!("anon-{}", self.outbox.id))
     }
 
@@ -160,7 +152,7 @@ impl RoomSession {
     pub fn authenticated_body(&self) -> Value {
         json!({
             "userId": self.user_id(),
-            "sessionId": format!("{:016x}-{}", self.gateway.id, self.outbox.id),
+            "sessionId": self.gateway.connection_id(self.outbox.id),
             "rooms": self.room_names(),
             "role": self.identity.as_ref().and_then(|i| i.claims.role()).unwrap_or("anon"),
         })
@@ -220,8 +212,28 @@ impl RoomSession {
         };
         if let Err(e) = &result {
             self.gateway.metrics.nself_error(e.code.as_str());
+            let user = self.user_id();
+            self.gateway.events.record(
+                "error",
+                Some(&user),
+                e.details
+                    .as_ref()
+                    .and_then(|d| d.get("roomName"))
+                    .and_then(Value::as_str),
+                json!({ "error_code": e.code.as_str(), "message": e.message }),
+            );
         }
         result
+    }
+
+    /// Logs an event of this connection's user in `room` (if that kind is logged).
+    fn log(&self, kind: &str, room: &str, data: Value) {
+        if self.gateway.events.logs(kind) {
+            let user = self.user_id();
+            self.gateway
+                .events
+                .record(kind, Some(&user), Some(room), data);
+        }
     }
 
     async fn authenticate(&mut self, token: &str) -> Result<Reply, ApiError> {
@@ -232,6 +244,7 @@ impl RoomSession {
             )
         })?;
         self.set_identity(Some(Arc::new(Identity::new(claims))));
+        self.gateway.identify(self.outbox.id, &self.user_id());
         // Rooms joined under the old token are checked again under the new claims.
         let identity = self.identity.clone().expect("just set");
         let mut left = Vec::new();
@@ -366,6 +379,8 @@ impl RoomSession {
         }
         let body = joined_body(room, &joined.access);
         self.rooms.insert(room.to_string(), joined);
+        self.gateway.registry.joined(self.outbox.id, room);
+        self.log("join", room, json!({}));
         let mut reply = Reply::new(Some("room:joined"), body);
         reply.open = Some(subscriber);
         Ok(reply)
@@ -374,6 +389,7 @@ impl RoomSession {
     async fn leave(&mut self, room: &str) -> Result<Reply, ApiError> {
         if let Some(joined) = self.rooms.remove(room) {
             self.close(room, joined).await;
+            self.log("leave", room, json!({}));
         }
         Ok(Reply::new(Some("room:left"), json!({ "roomName": room })))
     }
@@ -503,6 +519,11 @@ impl RoomSession {
             other => server_error("message not sent", other),
         })?;
         self.gateway.metrics.nself_message(&room_type);
+        self.log(
+            "message",
+            room,
+            json!({ "id": message["id"], "messageType": message_type, "persisted": persisted }),
+        );
         // Sending ends typing in that thread.
         let thread = thread_id.map(str::to_string);
         if self
@@ -541,6 +562,11 @@ impl RoomSession {
             .signal(room, &user, thread.as_deref(), typing)
             .await
             .map_err(|e| server_error("typing not sent", e))?;
+        self.log(
+            "typing",
+            room,
+            json!({ "threadId": thread, "typing": typing }),
+        );
         let joined = self.rooms.get_mut(room).expect("checked by may_send");
         if typing {
             joined.typing_in.insert(thread.clone());
@@ -620,6 +646,9 @@ impl RoomSession {
                 joined.tracked = true;
             }
         }
+        for name in &rooms {
+            self.log("presence", name, json!({ "status": status }));
+        }
         let mut body = Value::Object(self.status.clone());
         body["rooms"] = json!(rooms);
         Ok(Reply::new(None, body))
@@ -667,6 +696,7 @@ impl RoomSession {
     /// Unregisters a room everywhere; a typist stops typing, a tracked member leaves.
     async fn close(&self, room: &str, joined: Joined) {
         joined.subscriber.close();
+        self.gateway.registry.left(self.outbox.id, room);
         let gateway = &self.gateway;
         gateway.broadcasts.leave(&joined.room);
         gateway.notifications.leave(&joined.notify);

@@ -41,12 +41,13 @@ pub async fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
+    peer: socket::Peer,
     upgrade_identity: Option<Arc<Identity>>,
 ) {
     let session_gateway = gateway.clone();
-    socket::serve(socket, gateway, slot, move |outbox| {
+    socket::serve(socket, gateway, slot, peer, move |outbox| {
         let ping_interval = session_gateway.config.heartbeat_interval.min(PING_INTERVAL);
-        let sid = format!("{:016x}{:08x}", session_gateway.id, outbox.id);
+        let sid = session_gateway.connection_id(outbox.id);
         outbox.send(packet::open(
             &sid,
             ping_interval.as_millis() as u64,
@@ -131,6 +132,7 @@ impl SocketIoSession {
                 .metrics
                 .connection_opened(!anonymous, "socketio");
         }
+        self.gateway.identify(self.outbox.id, &self.rooms.user_id());
         self.connected = true;
         self.outbox.send(packet::connected(&self.sid));
         self.emit(

@@ -5,7 +5,9 @@
 //! the consumer reports how many entries were pending when it was created, and each delivery
 //! how many are still pending.
 
-use super::{BusError, PresenceChange, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
+use super::{
+    BusError, PresenceChange, PresenceEntry, PresenceStore, PresenceWatch, PRESENCE_BUCKET,
+};
 use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
@@ -82,6 +84,41 @@ impl PresenceStore for KvPresence {
             .delete(key)
             .await
             .map_err(|e| BusError::Presence(format!("delete {key}: {e}")))
+    }
+
+    async fn snapshot(&self) -> Result<Vec<PresenceEntry>, BusError> {
+        // Every topic: a watch of `*.>` read up to its sync point.
+        let mut watch = self.watch("*").await?;
+        let mut entries: std::collections::BTreeMap<String, PresenceEntry> = Default::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let change = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .map_err(|_| BusError::Presence("presence snapshot timed out".into()))?;
+            match change {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(PresenceChange::Synced)) => break,
+                Some(Ok(PresenceChange::Delete { key })) => {
+                    entries.remove(&key);
+                }
+                Some(Ok(PresenceChange::Put {
+                    key,
+                    value,
+                    written_at,
+                })) => {
+                    entries.insert(
+                        key.clone(),
+                        PresenceEntry {
+                            key,
+                            value,
+                            written_at,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(entries.into_values().collect())
     }
 
     async fn watch(&self, prefix: &str) -> Result<PresenceWatch, BusError> {

@@ -3,7 +3,7 @@
 //! A map of entries and a list of watchers; a watcher is registered and handed its snapshot
 //! under one lock, so it misses nothing between the two.
 
-use super::{BusError, PresenceChange, PresenceStore, PresenceWatch};
+use super::{BusError, PresenceChange, PresenceEntry, PresenceStore, PresenceWatch};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -77,6 +77,20 @@ impl PresenceStore for MemoryPresence {
             );
         }
         Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<PresenceEntry>, BusError> {
+        let inner = self.inner.lock().expect("presence lock");
+        Ok(inner
+            .entries
+            .iter()
+            .map(|(key, value)| PresenceEntry {
+                key: key.clone(),
+                value: value.clone(),
+                // Owners delete their entries in process; what is here is live.
+                written_at: None,
+            })
+            .collect())
     }
 
     async fn watch(&self, prefix: &str) -> Result<PresenceWatch, BusError> {

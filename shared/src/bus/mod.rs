@@ -30,7 +30,7 @@ pub use memory_broker::MemoryBroker;
 pub use memory_change_log::MemoryChangeLog;
 pub use memory_presence::MemoryPresence;
 pub use nats_broker::NatsBroker;
-pub use presence::{PresenceChange, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
+pub use presence::{PresenceChange, PresenceEntry, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
 
 /// A bus operation failed. The message is meant for logs and health, and names the backend.
 #[derive(Debug, Clone, thiserror::Error)]

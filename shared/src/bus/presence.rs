@@ -46,4 +46,15 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Watches every key under `prefix.`: current entries, [`PresenceChange::Synced`], then
     /// changes.
     async fn watch(&self, prefix: &str) -> Result<PresenceWatch, BusError>;
+    /// Every current entry of every topic, with when it was written when the store says (for
+    /// operators' views; the caller decides which are stale).
+    async fn snapshot(&self) -> Result<Vec<PresenceEntry>, BusError>;
+}
+
+/// One entry of a [`PresenceStore::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceEntry {
+    pub key: String,
+    pub value: Bytes,
+    pub written_at: Option<time::OffsetDateTime>,
 }
