@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_channels",
         sql: include_str!("../../migrations/0002_channels.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_messages",
+        sql: include_str!("../../migrations/0003_messages.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("nselfrt" as bytes).

@@ -57,6 +57,16 @@ enum Command {
     Listen(commands::listen::Args),
     /// Mint a JWT for testing: token --sub <id> [--role authenticated] [--exp 24h].
     Token(commands::token::Args),
+    /// Manage channels and their members: create, list, get, delete, members, join, leave.
+    Channel(commands::channel::Args),
+    /// Print a channel's newest messages: messages <channel> [limit] (default 50, max 1000).
+    Messages(commands::messages::MessagesArgs),
+    /// Print a channel's messages since a time: replay <channel> <ISO 8601 timestamp>.
+    Replay(commands::messages::ReplayArgs),
+    /// Count a channel's logged events by type: events <channel> [hours] (default 24).
+    Events(commands::events::Args),
+    /// Close stale connections; delete expired broadcasts and old messages and events.
+    Cleanup(commands::cleanup::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,6 +103,11 @@ fn main() -> std::process::ExitCode {
             Command::Subscriptions(args) => commands::subscriptions::list(args, json).await,
             Command::Listen(args) => commands::listen::run(args, json).await,
             Command::Token(args) => commands::token::run(args, json),
+            Command::Channel(args) => commands::channel::run(args, json).await,
+            Command::Messages(args) => commands::messages::messages(args, json).await,
+            Command::Replay(args) => commands::messages::replay(args, json).await,
+            Command::Events(args) => commands::events::run(args, json).await,
+            Command::Cleanup(args) => commands::cleanup::run(args, json).await,
         }
     });
     match result {

@@ -2,8 +2,9 @@
 //!
 //! With `DATABASE_URL` unset it creates and starts a local Postgres under `./.nself-realtime/`
 //! (`wal_level=logical`), with a demo table `public.todos` (RLS: each user sees their own rows)
-//! whose changes are published. It applies the migrations, runs the CDC and a gateway, and with
-//! `NATS_URL` unset connects them through the in-process bus and presence store instead of NATS.
+//! whose changes are published. It prepares the schema as `init` does, runs the CDC and a gateway,
+//! and with `NATS_URL` unset connects them through the in-process bus and presence store instead
+//! of NATS.
 //! It prints the URLs, an anon key, a service key and a demo user token. The JWT secret is
 //! `REALTIME_JWT_SECRET`, else one generated once and kept in `./.nself-realtime/jwt_secret`.
 //! Ctrl-C (or SIGTERM) stops the gateway, the CDC and the local Postgres.
@@ -15,7 +16,6 @@ use crate::exit::CliError;
 use anyhow::{anyhow, Context};
 use nself_realtime_cdc::service::{self as cdc_service, BusConfig, CdcConfig, StartError};
 use nself_realtime_cdc::subscriptions::{self, Target};
-use nself_realtime_cdc::{migrations, publications};
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_shared::bus::{MemoryBroker, MemoryChangeLog, MemoryPresence};
 use nself_realtime_shared::config;
@@ -115,19 +115,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     };
     let database = super::postgres::parse_url(&database_url)?;
     let mut client = super::postgres::connect(&database_url).await?;
-    migrations::apply(&mut client).await.map_err(|e| {
-        CliError::runtime(anyhow!(
-            "{e}; connect as a role that may create schemas, roles and tables"
-        ))
-    })?;
-    publications::ensure_exist(&client, &publication)
-        .await
-        .map_err(|e| {
-            CliError::runtime(anyhow!(
-                "cannot create publication {publication}: {}",
-                nself_realtime_cdc::postgres_error::describe(&e)
-            ))
-        })?;
+    super::init::prepare(&mut client, &publication).await?;
     let demo = match &local {
         Some(_) => create_demo_table(&mut client, &publication).await?,
         None => false,
