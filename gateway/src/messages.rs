@@ -51,6 +51,9 @@ pub enum SendError {
     /// visible to them).
     #[error("you may not send messages to channel {channel}: {reason}")]
     Denied { channel: String, reason: String },
+    /// Postgres refused the message itself (`22023`: empty or over-long content, unknown type).
+    #[error("invalid message: {0}")]
+    Invalid(String),
     #[error("the message could not be stored: {0}")]
     Unavailable(String),
     #[error("the message could not be published: {0}")]
@@ -276,6 +279,9 @@ impl Messages {
                         channel: slug.to_string(),
                         reason: db.message().to_string(),
                     }
+                }
+                Some(db) if db.code().code().starts_with("22") || db.code().code() == "23514" => {
+                    SendError::Invalid(db.message().to_string())
                 }
                 _ => SendError::Unavailable(nself_realtime_shared::postgres_error::describe(&e)),
             },

@@ -36,3 +36,14 @@ pub use process::free_port;
 pub use service::ServiceProcess;
 /// WebSocket messages, for tests that send raw frames through [`PhoenixClient::send_raw`].
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// A raw WebSocket client, for tests of protocols other than Phoenix.
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a raw WebSocket to `url`.
+pub async fn ws_connect(url: &str) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(stream, _)| stream)
+}

@@ -1,0 +1,256 @@
+//! The nself API's edges, against real gateways, Postgres and NATS: what the JS clients of
+//! `tests/js/` cannot easily show. Raw Engine.IO/Socket.IO packets (handshake shape, other
+//! namespaces, malformed and binary packets, the server's pings), the transports and versions
+//! refused at the upgrade, connections per IP, the operators' API over NATS across two
+//! gateways, and the event log written to Postgres.
+
+use futures::{SinkExt, StreamExt};
+use realtime_tests::{http_request, token, ws_connect, Stack, WsMessage};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+type Socket = realtime_tests::WsStream;
+
+fn user(sub: &str) -> String {
+    token(json!({"role": "authenticated", "sub": sub}))
+}
+
+/// The next text message, within 10 s.
+async fn next_text(socket: &mut Socket) -> String {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a readable message");
+        if let WsMessage::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
+/// The next text message that starts with `prefix`.
+async fn next_starting(socket: &mut Socket, prefix: &str) -> String {
+    loop {
+        let text = next_text(socket).await;
+        if text.starts_with(prefix) {
+            return text;
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, text: &str) {
+    socket
+        .send(WsMessage::Text(text.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// A Socket.IO connection through the CONNECT, with `sub`'s token.
+async fn socket_io(port: u16, sub: &str) -> Socket {
+    let mut socket = ws_connect(&format!(
+        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    ))
+    .await
+    .unwrap();
+    let open = next_text(&mut socket).await;
+    assert!(open.starts_with("0{"), "{open}");
+    send(&mut socket, &format!("40{}", json!({"token": user(sub)}))).await;
+    next_starting(&mut socket, "40{").await;
+    next_starting(&mut socket, r#"42["authenticated""#).await;
+    socket
+}
+
+#[tokio::test]
+async fn socket_io_packets_at_the_edges() {
+    let stack = Stack::start(1, &[("REALTIME_HEARTBEAT_INTERVAL", "2")]).await;
+    let port = stack.gateways[0].port;
+    let mut socket = ws_connect(&format!(
+        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    ))
+    .await
+    .unwrap();
+    let open: Value = serde_json::from_str(&next_text(&mut socket).await[1..]).unwrap();
+    assert_eq!(open["upgrades"], json!([]));
+    assert_eq!(
+        open["pingInterval"], 2000,
+        "the ping follows a short heartbeat"
+    );
+    assert_eq!(open["pingTimeout"], 20000);
+    // Another namespace is refused; the default one still works.
+    send(&mut socket, r#"40/admin,{"token":"x"}"#).await;
+    let refused = next_text(&mut socket).await;
+    assert!(refused.starts_with("44/admin,"), "{refused}");
+    send(&mut socket, &format!("40{}", json!({"token": user("u1")}))).await;
+    next_starting(&mut socket, "40{").await;
+    // Malformed and binary packets get an error event and the socket stays.
+    for bad in ["4", "42[oops", "47", "42{}"] {
+        send(&mut socket, bad).await;
+        let error = next_starting(&mut socket, r#"42["error""#).await;
+        assert!(error.contains("VALIDATION_ERROR"), "{bad}: {error}");
+    }
+    socket
+        .send(WsMessage::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let error = next_starting(&mut socket, r#"42["error""#).await;
+    assert!(error.contains("binary"), "{error}");
+    // An event with an ack id is answered on that id.
+    send(&mut socket, r#"427["ping"]"#).await;
+    let ack = next_starting(&mut socket, "437[").await;
+    assert!(ack.contains("timestamp"), "{ack}");
+    // The server pings every pingInterval; answering keeps the socket.
+    let ping = next_starting(&mut socket, "2").await;
+    assert_eq!(ping, "2");
+    send(&mut socket, "3").await;
+    send(&mut socket, r#"42["ping"]"#).await;
+    next_starting(&mut socket, r#"42["pong""#).await;
+}
+
+#[tokio::test]
+async fn upgrades_refused_with_the_fix() {
+    let stack = Stack::start(1, &[("REALTIME_MAX_CONNECTIONS_PER_IP_PER_MINUTE", "3")]).await;
+    let port = stack.gateways[0].port;
+    let get = |path: &'static str| async move {
+        http_request(port, "GET", path, &[], "")
+            .await
+            .expect("the gateway answers")
+    };
+    let (status, body) = get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("websocket"), "{body}");
+    let (status, body) = get("/socket.io/?EIO=3&transport=websocket").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("EIO=4"), "{body}");
+    // Three connections a minute from one address, then 429 whatever the endpoint.
+    let mut open = Vec::new();
+    for path in [
+        "/socket.io/?EIO=4&transport=websocket".to_string(),
+        format!("/ws?token={}", user("u1")),
+        format!("/realtime/v1/websocket?apikey={}&vsn=1.0.0", user("u1")),
+    ] {
+        open.push(
+            ws_connect(&format!("ws://127.0.0.1:{port}{path}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = ws_connect(&format!("ws://127.0.0.1:{port}/ws?token={}", user("u1"))).await;
+    let error = refused.expect_err("the fourth connection is refused");
+    assert!(error.to_string().contains("429"), "{error}");
+}
+
+#[tokio::test]
+async fn operators_see_every_gateway_over_nats_and_the_event_log_is_written() {
+    let stack = Stack::start(
+        2,
+        &[(
+            "REALTIME_LOG_EVENT_TYPES",
+            "connect,disconnect,error,join,message",
+        )],
+    )
+    .await;
+    let mut alice = socket_io(stack.gateways[0].port, "alice").await;
+    send(&mut alice, r#"421["room:join",{"roomName":"ops"}]"#).await;
+    next_starting(&mut alice, "431[").await;
+    let mut bob = socket_io(stack.gateways[1].port, "bob").await;
+    send(&mut bob, r#"421["room:join",{"roomName":"ops"}]"#).await;
+    next_starting(&mut bob, "431[").await;
+    send(
+        &mut bob,
+        r#"422["message:send",{"roomName":"ops","content":"hi"}]"#,
+    )
+    .await;
+    next_starting(&mut bob, "432[").await;
+
+    // Scatter-gather over NATS: every gateway answers `connections`.
+    let nats = stack.nats.connect().await;
+    let ask = |command: Value| {
+        let nats = nats.clone();
+        async move {
+            let inbox = nats.new_inbox();
+            let mut replies = nats.subscribe(inbox.clone()).await.unwrap();
+            nats.flush().await.unwrap();
+            let verb = command["verb"].as_str().unwrap().to_string();
+            let request = json!({"reply": inbox, "command": command});
+            nats.publish(
+                format!("realtime.control.all.{verb}"),
+                request.to_string().into(),
+            )
+            .await
+            .unwrap();
+            let mut answers = Vec::new();
+            while answers.len() < 2 {
+                let message = tokio::time::timeout(Duration::from_secs(10), replies.next())
+                    .await
+                    .expect("both gateways answer")
+                    .unwrap();
+                answers.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+            }
+            answers
+        }
+    };
+    let answers = ask(json!({"verb": "connections"})).await;
+    let mut users: Vec<String> = answers
+        .iter()
+        .flat_map(|a| a["result"].as_array().unwrap().clone())
+        .map(|c| {
+            assert_eq!(c["protocol"], "socketio");
+            assert_eq!(c["rooms"], json!(["ops"]));
+            c["user_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    // Presence comes from the shared store: one gateway's answer has both users.
+    let answers = ask(json!({"verb": "presence", "channel": "ops"})).await;
+    for answer in &answers {
+        let mut keys: Vec<&str> = answer["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["alice", "bob"], "{answer}");
+    }
+    let stats = ask(json!({"verb": "stats"})).await;
+    let sent: u64 = stats
+        .iter()
+        .map(|s| s["result"]["messages"]["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, 1);
+
+    // The event log reaches Postgres within its flush interval (1 s).
+    let db = stack.db.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = db
+            .query(
+                "SELECT type, user_id FROM realtime.events WHERE channel = 'ops' ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let seen: Vec<(String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if seen
+            .iter()
+            .any(|(t, u)| t == "message" && u.as_deref() == Some("bob"))
+            && seen.iter().filter(|(t, _)| t == "join").count() == 2
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "events: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connections: i64 = db
+        .query_one(
+            "SELECT count(*) FROM realtime.connections WHERE protocol = 'socketio' AND user_id IN ('alice', 'bob')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(connections, 2);
+}
