@@ -11,12 +11,14 @@
 //!
 //! The same rooms carry the nself events that reach every subscriber of a channel whatever its
 //! protocol: chat messages ([`Kind::Message`], sent ephemerally or relayed from the database by
-//! [`crate::messages`]) and, on a second instance fed by `realtime.notify.<channel>`, NOTIFY
-//! payloads ([`Kind::Notification`]). [`crate::wire`] encodes each kind per protocol.
+//! [`crate::messages`]) and, on instances fed by other subjects ([`Source`]), NOTIFY payloads
+//! ([`Kind::Notification`]) and typing signals, which a room turns into who-is-typing events
+//! ([`crate::typing`]). [`crate::wire`] encodes each kind per protocol.
 
 use crate::outbox::ConnId;
 use crate::phoenix::frame::{BroadcastPayload, OutFrame};
 use crate::subscriber::{Subscriber, Wire};
+use crate::typing::{self, Typists};
 use crate::wire;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -142,7 +144,10 @@ struct Member {
 
 /// The local subscribers of one topic and the broker subscription feeding them.
 struct Room {
+    name: String,
     members: RwLock<HashMap<u64, Member>>,
+    /// Who is typing, for [`Source::Typing`] rooms.
+    typists: Mutex<Typists>,
     /// Set once the broker subscription exists.
     subscribed: OnceCell<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -155,6 +160,9 @@ pub enum Source {
     Broadcast,
     /// `realtime.notify.<channel>`, carrying the CDC's NOTIFY payloads (JSON).
     Notify,
+    /// `realtime.typing.<topic>`, carrying typing signals; a typist not refreshed for the
+    /// timeout stops typing.
+    Typing(std::time::Duration),
 }
 
 /// Every broadcast topic with local subscribers.
@@ -186,10 +194,53 @@ impl Broadcasts {
         }
     }
 
+    /// Rooms of typing signals, with the loop that expires typists (it ends when the returned
+    /// value is dropped).
+    pub fn typing(
+        broker: Arc<dyn Broker>,
+        gateway: u64,
+        timeout: std::time::Duration,
+    ) -> Arc<Broadcasts> {
+        let broadcasts = Arc::new(Broadcasts::new(broker, gateway, Source::Typing(timeout)));
+        let weak = Arc::downgrade(&broadcasts);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(typing::EXPIRY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(broadcasts) = weak.upgrade() else {
+                    break;
+                };
+                broadcasts.expire_typists();
+            }
+        });
+        broadcasts
+    }
+
     fn subject(&self, topic: &str) -> Result<String, subject::SubjectError> {
         match self.source {
             Source::Broadcast => subject::broadcast(topic),
             Source::Notify => subject::notify(topic),
+            Source::Typing(_) => subject::typing(topic),
+        }
+    }
+
+    /// Tells each room whose typists' deadlines passed who is still typing.
+    fn expire_typists(&self) {
+        let rooms: Vec<Arc<Room>> = self
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .values()
+            .cloned()
+            .collect();
+        let now = std::time::Instant::now();
+        for room in rooms {
+            let changed = room.typists.lock().expect("typists lock").expire(now);
+            for (thread, users) in changed {
+                let envelope = typing::envelope(&room.name, thread.as_deref(), &users);
+                fan_out(&room, &envelope, self.gateway);
+            }
         }
     }
 
@@ -213,7 +264,9 @@ impl Broadcasts {
                 .entry(topic.to_string())
                 .or_insert_with(|| {
                     Arc::new(Room {
+                        name: topic.to_string(),
                         members: RwLock::new(HashMap::new()),
+                        typists: Mutex::new(Typists::default()),
                         subscribed: OnceCell::new(),
                         task: Mutex::new(None),
                     })
@@ -258,19 +311,33 @@ impl Broadcasts {
             while let Some(message) = messages.next().await {
                 let Some(room) = weak.upgrade() else { break };
                 let decoded = match source {
-                    Source::Broadcast => Envelope::decode(message.payload),
-                    Source::Notify => Ok(Envelope {
+                    Source::Broadcast => Envelope::decode(message.payload).map(Some),
+                    Source::Notify => Ok(Some(Envelope {
                         from: None,
                         kind: Kind::Notification,
                         event: "db:notification".into(),
                         payload: BroadcastPayload::Json(message.payload),
                         meta: None,
-                    }),
+                    })),
+                    // A signal changes the room's typists; only a change is told.
+                    Source::Typing(timeout) => typing::Signal::decode(&message.payload)
+                        .map(|signal| {
+                            let thread = signal.thread.clone();
+                            room.typists
+                                .lock()
+                                .expect("typists lock")
+                                .apply(signal, timeout)
+                                .map(|users| {
+                                    typing::envelope(&room.name, thread.as_deref(), &users)
+                                })
+                        })
+                        .map_err(|e| EnvelopeError(e.to_string())),
                 };
                 match decoded {
-                    Ok(envelope) => fan_out(&room, &envelope, gateway),
+                    Ok(Some(envelope)) => fan_out(&room, &envelope, gateway),
+                    Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(subject = %message.subject, error = %e, "dropping broadcast")
+                        tracing::warn!(subject = %message.subject, error = %e, "dropping a room message")
                     }
                 }
             }
@@ -298,11 +365,16 @@ impl Broadcasts {
 
     /// Publishes a broadcast to every subscriber of `topic` on every gateway.
     pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_bytes(topic, envelope.encode()).await
+    }
+
+    /// Publishes an already encoded message (an envelope, or a typing signal) on `topic`.
+    pub async fn publish_bytes(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {
         let subject = self.subject(topic).map_err(|e| BusError::Publish {
             subject: topic.to_string(),
             reason: e.to_string(),
         })?;
-        self.broker.publish(&subject, envelope.encode()).await
+        self.broker.publish(&subject, payload).await
     }
 
     /// Delivers `envelope` to this gateway's subscribers of `topic` only (for messages every

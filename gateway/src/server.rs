@@ -224,12 +224,14 @@ fn accept<F, Fut>(
     gateway: Arc<Gateway>,
     client: ClientAddr,
     headers: &HeaderMap,
-    identity: Option<&Arc<Identity>>,
+    identity: Option<Arc<Identity>>,
     upgrade: WebSocketUpgrade,
     connection: F,
 ) -> Result<Response, Refusal>
 where
-    F: FnOnce(WebSocket, Arc<Gateway>, ConnectionSlot, socket::Peer) -> Fut + Send + 'static,
+    F: FnOnce(WebSocket, Arc<Gateway>, ConnectionSlot, socket::Peer, Option<Arc<Identity>>) -> Fut
+        + Send
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     if let Some(ip) = client.0 {
@@ -256,12 +258,12 @@ where
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect()),
-        user_id: identity.and_then(|i| i.user_id()),
+        user_id: identity.as_ref().and_then(|i| i.user_id()),
     };
     let slot = gateway.admit();
     Ok(upgrade.on_upgrade(move |socket| async move {
         match slot {
-            Some(slot) => connection(socket, gateway, slot, peer).await,
+            Some(slot) => connection(socket, gateway, slot, peer, identity).await,
             None => {
                 let reason = format!(
                     "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
@@ -298,14 +300,13 @@ async fn websocket(
             ))
         }
     };
-    let named = identity.clone();
     accept(
         gateway,
         client,
         &headers,
-        named.as_ref(),
+        identity,
         upgrade,
-        move |socket, gateway, slot, peer| {
+        move |socket, gateway, slot, peer, identity| {
             phoenix::connection::run(socket, gateway, slot, peer, vsn, identity)
         },
     )
@@ -338,16 +339,13 @@ async fn socket_io(
         ));
     };
     let identity = upgrade_identity(&gateway, &headers, &params)?;
-    let named = identity.clone();
     accept(
         gateway,
         client,
         &headers,
-        named.as_ref(),
+        identity,
         upgrade,
-        move |socket, gateway, slot, peer| {
-            socketio::connection::run(socket, gateway, slot, peer, identity)
-        },
+        socketio::connection::run,
     )
 }
 
@@ -365,16 +363,13 @@ async fn plain_websocket(
             .allow_anonymous
             .then(|| Arc::new(Identity::anonymous()))
     });
-    let named = identity.clone();
     accept(
         gateway,
         client,
         &headers,
-        named.as_ref(),
+        identity,
         upgrade,
-        move |socket, gateway, slot, peer| {
-            native::connection::run(socket, gateway, slot, peer, identity)
-        },
+        native::connection::run,
     )
 }
 

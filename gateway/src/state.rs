@@ -13,7 +13,6 @@ use crate::metrics::Metrics;
 use crate::presence::{PresenceTiming, Presences};
 use crate::rate_limit::ConnectionsPerIp;
 use crate::registry::Registry;
-use crate::typing::Typing;
 use nself_realtime_shared::bus::{Broker, ChangeLog, PresenceStore};
 use nself_realtime_shared::jwt::Verifier;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,7 +39,8 @@ pub struct Gateway {
     /// Rooms fed by `realtime.notify.<channel>` (NOTIFY payloads).
     pub notifications: Arc<Broadcasts>,
     pub presences: Arc<Presences>,
-    pub typing: Arc<Typing>,
+    /// Rooms fed by `realtime.typing.<topic>` (who is typing).
+    pub typing: Arc<Broadcasts>,
     pub messages: Arc<Messages>,
     pub feeds: Arc<ChangeFeeds>,
     pub metrics: Arc<Metrics>,
@@ -96,7 +96,7 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             id,
             notifications: Arc::new(Broadcasts::new(backends.broker.clone(), id, Source::Notify)),
-            typing: Typing::start(backends.broker, config.nself.typing_timeout),
+            typing: Broadcasts::typing(backends.broker, id, config.nself.typing_timeout),
             messages: Messages::new(
                 backends.changes.clone(),
                 broadcasts.clone(),

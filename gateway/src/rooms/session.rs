@@ -19,7 +19,6 @@ use crate::presence::PresenceMembership;
 use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
 use crate::subscriber::{Subscriber, Wire};
-use crate::typing::TypingMembership;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -64,7 +63,7 @@ struct Joined {
     access: ChannelAccess,
     room: Membership,
     notify: Membership,
-    typing: Option<TypingMembership>,
+    typing: Option<Membership>,
     presence: Option<PresenceMembership>,
     persisted: Option<PersistedChannel>,
     tracked: bool,
@@ -357,7 +356,7 @@ impl RoomSession {
         let limits = &gateway.config.nself;
         let registered = async {
             if limits.typing {
-                joined.typing = Some(gateway.typing.join(room, subscriber.clone()).await?);
+                joined.typing = Some(gateway.typing.join(room, subscriber.clone(), true).await?);
             }
             if let (true, Some(channel_id)) = (joined.access.persisted, &joined.access.channel_id) {
                 joined.persisted = Some(gateway.messages.register(channel_id, room).await?);
@@ -557,9 +556,7 @@ impl RoomSession {
         }
         self.may_send(room)?;
         let user = self.user_id();
-        self.gateway
-            .typing
-            .signal(room, &user, thread.as_deref(), typing)
+        crate::typing::signal(&self.gateway.typing, room, &user, thread.as_deref(), typing)
             .await
             .map_err(|e| server_error("typing not sent", e))?;
         self.log(
@@ -703,11 +700,9 @@ impl RoomSession {
         if let Some(typing) = &joined.typing {
             let user = self.user_id();
             for thread in &joined.typing_in {
-                if let Err(e) = gateway
-                    .typing
-                    .signal(room, &user, thread.as_deref(), false)
-                    .await
-                {
+                let stopped =
+                    crate::typing::signal(&gateway.typing, room, &user, thread.as_deref(), false);
+                if let Err(e) = stopped.await {
                     tracing::debug!(channel = room, error = %e, "could not clear typing");
                 }
             }
