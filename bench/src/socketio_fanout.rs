@@ -1,8 +1,11 @@
 //! `realtime-bench socketio-fanout`: the fanout workload over Socket.IO, run against one
-//! nself-realtime gateway and then against a plain Node.js Socket.IO server
+//! nself-realtime gateway and against a plain Node.js Socket.IO server
 //! (`bench/node/reference-server.mjs`: one Node process, socket.io 4.x pinned in its
 //! package-lock.json, the `ws` transport, the architecture of the seeds' Socket.IO plugin), so
-//! the two are measured by the same load generator on the same machine in one run.
+//! the two are measured by the same load generator on the same machine in one run. Both
+//! servers are up with their rooms full from the start and take turns at each rate (ours,
+//! then Node's), so that the two figures of a rate are seconds apart: on a machine shared with
+//! other work, a sweep of one server and then the other could meet different loads.
 //!
 //! Each server gets one room, `bench`, with `--subscribers` sockets (each with its own HS256
 //! token, `sub` = `bench-<i>`) and one publisher socket in it. For each rate in `--rates` the
@@ -12,8 +15,8 @@
 //! publisher's own copy (the sender is in the room) is drained but not counted. A rate is
 //! *sustained* when every delivery arrived and p99 stayed under `--p99-limit-ms`; a server's
 //! figure is its highest sustained deliveries/s, and the run ends with the ratio of ours to
-//! Node's. A server's sweep stops at its first rate that is not sustained (`--all-rates` runs
-//! them all).
+//! Node's. A server drops out (and closes its sockets) after two unsustained rates in a row
+//! (one could be a burst of the machine's other work; `--all-rates` keeps it in).
 //!
 //! The gateway runs with the other gateway scenarios' settings ([`BENCH_GATEWAY_ENV`]), a
 //! per-socket message limit high enough not to throttle the publisher, no limit on connections
@@ -25,7 +28,7 @@
 
 use crate::load_client::{field_after, raise_open_files_limit};
 use crate::measure::{now_micros, process_cpu_seconds, CpuSplit, Histogram};
-use crate::socketio_client::SioSocket;
+use crate::socketio_client::{SioSocket, SioWriter};
 use crate::stack::{durable, gateway_pids, BENCH_GATEWAY_ENV};
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -61,7 +64,7 @@ pub struct Args {
     /// The servers to measure, in this order.
     #[arg(long, value_delimiter = ',', default_value = "nself,node")]
     servers: Vec<Server>,
-    /// Run every rate, not only up to a server's first unsustained one.
+    /// Run every rate, not only up to a server's second unsustained one in a row.
     #[arg(long)]
     all_rates: bool,
 }
@@ -117,19 +120,50 @@ impl Row {
 const HEADER: &str = "| publishes/s | deliveries/s | delivered | p50 | p99 | max | sustained | \
                       server CPU per delivery | CPU split |\n\
                       | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
-
-/// What one server's sweep gave: its label, and its rows or why it could not be measured.
-struct Outcome {
+/// One server under load: the process(es) kept alive, its room's sockets, and its rows so far.
+struct Target {
+    server: Server,
     label: String,
-    rows: anyhow::Result<Vec<Row>>,
+    /// The server's processes, for the CPU split and CPU per delivery.
+    pids: Vec<(String, u32)>,
+    /// Keeps the server running (dropping it stops the server).
+    _running: Running,
+    room: Option<Room>,
+    rows: Vec<Row>,
+    /// Unsustained rates in a row, up to now.
+    misses: u32,
+    /// Why it could not be measured, or stopped being measured, if it did.
+    failure: Option<String>,
 }
 
-impl Outcome {
+enum Running {
+    Stack(Box<Stack>),
+    Node(Box<NodeServer>),
+}
+
+/// The connected sockets of one server's room and what their readers record into.
+struct Room {
+    writer: SioWriter,
+    tasks: Vec<JoinHandle<()>>,
+    histogram: Arc<RwLock<Arc<Histogram>>>,
+    delivered: Arc<AtomicU64>,
+    last_delivery: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Target {
     /// The sustained row with the most deliveries/s.
     fn best(&self, p99_limit_ms: f64) -> Option<&Row> {
         self.rows
-            .as_ref()
-            .ok()?
             .iter()
             .filter(|row| row.sustained(p99_limit_ms))
             .max_by(|a, b| a.per_second.total_cmp(&b.per_second))
@@ -137,49 +171,109 @@ impl Outcome {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let limit = raise_open_files_limit(4 * args.subscribers as u64 + 10_000)?;
+    let limit = raise_open_files_limit(
+        4 * (args.subscribers as u64 + 1) * args.servers.len() as u64 + 10_000,
+    )?;
     println!(
-        "socketio-fanout: {} subscribers + 1 publisher in one room, {} s per rate, \
-         sustained = every delivery and p99 < {} ms (open files limit {limit})",
+        "socketio-fanout: {} subscribers + 1 publisher in one room per server, {} s per rate, \
+         the servers taking turns at each rate; sustained = every delivery and p99 < {} ms \
+         (open files limit {limit})",
         args.subscribers, args.seconds, args.p99_limit_ms
     );
-    let mut outcomes = Vec::new();
-    for server in &args.servers {
-        let outcome = match server {
-            Server::Nself => run_nself(&args).await,
-            Server::Node => run_node(&args).await,
+    let mut targets = Vec::new();
+    for &server in &args.servers {
+        let mut target = match server {
+            Server::Nself => start_nself().await,
+            Server::Node => start_node().await,
         };
-        if let Err(e) = &outcome.rows {
-            println!("  {}: not measured: {e:#}", outcome.label);
+        println!("{}", target.label);
+        match open_room(&target, args.subscribers).await {
+            Ok(room) => target.room = Some(room),
+            Err(e) => target.failure = Some(format!("{e:#}")),
         }
-        outcomes.push(outcome);
+        if let Some(failure) = &target.failure {
+            println!("  not measured: {failure}");
+            if let Running::Stack(stack) = &target._running {
+                let log = stack.gateways[0].log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                for line in tail.into_iter().rev() {
+                    println!("  gateway log: {line}");
+                }
+            }
+        }
+        targets.push(target);
+    }
+
+    println!("| server |{}", &HEADER[1..].replace("\n|", "\n| --- |"));
+    for &rate in &args.rates {
+        for target in targets.iter_mut() {
+            let Some(room) = &target.room else { continue };
+            match measure_rate(room, &target.pids, rate, &args).await {
+                Ok(row) => {
+                    println!(
+                        "| {} {}",
+                        short_name(target.server),
+                        row.line(args.p99_limit_ms)
+                    );
+                    let refused = room.errors.load(Ordering::Relaxed);
+                    if refused > 0 {
+                        println!(
+                            "  the publisher got {refused} error events, the first: {}",
+                            room.first_error
+                                .lock()
+                                .expect("error lock")
+                                .as_deref()
+                                .unwrap_or("")
+                        );
+                    }
+                    target.misses = if row.sustained(args.p99_limit_ms) {
+                        0
+                    } else {
+                        target.misses + 1
+                    };
+                    target.rows.push(row);
+                    if target.misses >= 2 && !args.all_rates {
+                        // Its sockets go, so that they cost the other server nothing.
+                        target.room = None;
+                    }
+                }
+                Err(e) => {
+                    println!("  {}: stopped: {e:#}", target.label);
+                    target.failure = Some(format!("{e:#}"));
+                    target.room = None;
+                }
+            }
+        }
+    }
+    for target in &mut targets {
+        target.room = None;
     }
 
     println!("\n== summary ==");
-    for outcome in &outcomes {
-        println!("\n{}", outcome.label);
-        match &outcome.rows {
-            Ok(rows) => {
-                println!("{HEADER}");
-                for row in rows {
-                    println!("{}", row.line(args.p99_limit_ms));
-                }
-                match outcome.best(args.p99_limit_ms) {
-                    Some(best) => println!(
-                        "highest sustained: {:.0} deliveries/s at {} publishes/s (p99 {:.1} ms)",
-                        best.per_second, best.rate, best.p99
-                    ),
-                    None => println!("no rate sustained"),
-                }
+    for target in &targets {
+        println!("\n{}", target.label);
+        if !target.rows.is_empty() {
+            println!("{HEADER}");
+            for row in &target.rows {
+                println!("{}", row.line(args.p99_limit_ms));
             }
-            Err(e) => println!("not measured: {e:#}"),
+        }
+        if let Some(failure) = &target.failure {
+            println!("not measured (further): {failure}");
+        }
+        match target.best(args.p99_limit_ms) {
+            Some(best) => println!(
+                "highest sustained: {:.0} deliveries/s at {} publishes/s (p99 {:.1} ms)",
+                best.per_second, best.rate, best.p99
+            ),
+            None => println!("no rate sustained"),
         }
     }
     let best = |server: Server| {
-        args.servers
+        targets
             .iter()
-            .position(|s| *s == server)
-            .and_then(|i| outcomes[i].best(args.p99_limit_ms))
+            .find(|t| t.server == server)
+            .and_then(|t| t.best(args.p99_limit_ms))
     };
     match (best(Server::Nself), best(Server::Node)) {
         (Some(ours), Some(node)) => {
@@ -205,10 +299,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sweep against one nself-realtime gateway.
-async fn run_nself(args: &Args) -> Outcome {
-    let label = "nself-realtime: 1 gateway, /socket.io/".to_string();
-    println!("\n== {label} ==");
+fn short_name(server: Server) -> &'static str {
+    match server {
+        Server::Nself => "nself",
+        Server::Node => "node",
+    }
+}
+
+/// One nself-realtime gateway on the harness stack.
+async fn start_nself() -> Target {
     durable(Postgres::shared());
     let env: Vec<(&str, &str)> = BENCH_GATEWAY_ENV
         .iter()
@@ -221,46 +320,75 @@ async fn run_nself(args: &Args) -> Outcome {
         ])
         .collect();
     let stack = Stack::start(1, &env).await;
-    let rows = sweep(stack.gateways[0].port, gateway_pids(&stack), args).await;
-    if rows.is_err() {
-        let log = stack.gateways[0].log();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        for line in tail.into_iter().rev() {
-            println!("  gateway log: {line}");
-        }
+    Target {
+        server: Server::Nself,
+        label: format!(
+            "nself-realtime: 1 gateway, /socket.io/ (port {})",
+            stack.gateways[0].port
+        ),
+        pids: gateway_pids(&stack),
+        _running: Running::Stack(Box::new(stack)),
+        room: None,
+        rows: Vec::new(),
+        misses: 0,
+        failure: None,
     }
-    Outcome { label, rows }
 }
 
-/// The sweep against bench/node/reference-server.mjs.
-async fn run_node(args: &Args) -> Outcome {
-    let mut label = "Node.js Socket.IO reference server".to_string();
-    let rows = async {
-        let node = NodeServer::start().await?;
-        label = format!(
-            "Node.js {} Socket.IO {} reference server: 1 process, ws transport",
-            node.node_version, node.socketio_version
-        );
-        println!("\n== {label} ==");
-        let pid = node.child.id().context("node exited")?;
-        let rows = sweep(node.port, vec![("node".into(), pid)], args).await;
-        node.stop().await;
-        rows
+/// bench/node/reference-server.mjs.
+async fn start_node() -> Target {
+    match NodeServer::start().await {
+        Ok(node) => Target {
+            server: Server::Node,
+            label: format!(
+                "Node.js {} Socket.IO {} reference server: 1 process, ws transport (port {})",
+                node.node_version, node.socketio_version, node.port
+            ),
+            pids: node
+                .child
+                .as_ref()
+                .and_then(|child| child.id())
+                .map(|pid| vec![("node".to_string(), pid)])
+                .unwrap_or_default(),
+            _running: Running::Node(Box::new(node)),
+            room: None,
+            rows: Vec::new(),
+            misses: 0,
+            failure: None,
+        },
+        Err(e) => Target {
+            server: Server::Node,
+            label: "Node.js Socket.IO reference server".into(),
+            pids: Vec::new(),
+            _running: Running::Node(Box::new(NodeServer::none())),
+            room: None,
+            rows: Vec::new(),
+            misses: 0,
+            failure: Some(format!("{e:#}")),
+        },
     }
-    .await;
-    Outcome { label, rows }
 }
 
 /// The reference server, killed when dropped (and exiting by itself if the bench dies: it
 /// stops when its standard input, held here, closes).
 struct NodeServer {
-    child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     port: u16,
     node_version: String,
     socketio_version: String,
 }
 
 impl NodeServer {
+    /// No server (it failed to start).
+    fn none() -> NodeServer {
+        NodeServer {
+            child: None,
+            port: 0,
+            node_version: String::new(),
+            socketio_version: String::new(),
+        }
+    }
+
     async fn start() -> anyhow::Result<NodeServer> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
         if !dir.join("node_modules").exists() {
@@ -314,23 +442,26 @@ impl NodeServer {
         // Keep reading its output so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(NodeServer {
-            child,
+            child: Some(child),
             port,
             node_version,
             socketio_version,
         })
     }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
 }
 
-/// Opens the room's sockets on `port`, then measures each rate; `server` names the server's
-/// processes for the CPU split.
-async fn sweep(port: u16, server: Vec<(String, u32)>, args: &Args) -> anyhow::Result<Vec<Row>> {
+/// Connects `subscribers` sockets and the publisher to the target's server and joins them to
+/// the room; the subscribers' readers start recording deliveries.
+async fn open_room(target: &Target, subscribers: usize) -> anyhow::Result<Room> {
+    if let Some(failure) = &target.failure {
+        bail!("{failure}");
+    }
+    let port = match &target._running {
+        Running::Stack(stack) => stack.gateways[0].port,
+        Running::Node(node) => node.port,
+    };
     let started = Instant::now();
-    let jobs = (0..args.subscribers).map(|i| async move {
+    let jobs = (0..subscribers).map(|i| async move {
         let token = token(json!({"sub": format!("bench-{i}"), "role": "authenticated"}));
         tokio::time::timeout(Duration::from_secs(10), async {
             let mut socket = SioSocket::connect(port, &token).await?;
@@ -398,87 +529,75 @@ async fn sweep(port: u16, server: Vec<(String, u32)>, args: &Args) -> anyhow::Re
             }
         })));
     }
+    Ok(Room {
+        writer,
+        tasks,
+        histogram,
+        delivered,
+        last_delivery,
+        errors,
+        first_error,
+    })
+}
 
-    println!("{HEADER}");
-    let mut rows = Vec::new();
-    for &rate in &args.rates {
-        let fresh = Arc::new(Histogram::new());
-        *histogram.write().expect("histogram lock") = fresh.clone();
-        delivered.store(0, Ordering::Relaxed);
-        errors.store(0, Ordering::Relaxed);
-        let messages = rate * args.seconds;
-        let expected = messages * args.subscribers as u64;
-        let cpu = CpuSplit::start(server.clone());
-        let server_cpu = || -> f64 {
-            server
-                .iter()
-                .map(|(_, pid)| process_cpu_seconds(*pid))
-                .sum()
-        };
-        let server_cpu_start = server_cpu();
-        let first_send = now_micros();
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for _ in 0..messages {
-            tick.tick().await;
-            let data = format!(
-                r#"{{"roomName":"{ROOM}","content":"x","metadata":{{"t":{}}}}}"#,
-                now_micros()
-            );
-            writer.emit("message:send", &data).await?;
-        }
-        // Wait for the stragglers: until everything arrived or nothing arrives for 2 s.
-        let mut seen = 0;
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = delivered.load(Ordering::Relaxed);
-            let quiet =
-                now_micros().saturating_sub(last_delivery.load(Ordering::Relaxed).max(first_send));
-            if now >= expected || (now == seen && quiet > 2_000_000) {
-                break;
-            }
-            seen = now;
-        }
-        let got = delivered.load(Ordering::Relaxed);
-        let window = last_delivery
-            .load(Ordering::Relaxed)
-            .saturating_sub(first_send) as f64
-            / 1e6;
-        let row = Row {
-            rate,
-            per_second: if window > 0.0 {
-                got as f64 / window
-            } else {
-                0.0
-            },
-            delivered: got,
-            expected,
-            p50: fresh.quantile_ms(0.5),
-            p99: fresh.quantile_ms(0.99),
-            max: fresh.quantile_ms(1.0),
-            cpu_per_delivery: (server_cpu() - server_cpu_start) * 1e6 / got.max(1) as f64,
-            cpu: cpu.report(),
-        };
-        println!("{}", row.line(args.p99_limit_ms));
-        let refused = errors.load(Ordering::Relaxed);
-        if refused > 0 {
-            println!(
-                "  the publisher got {refused} error events, the first: {}",
-                first_error
-                    .lock()
-                    .expect("error lock")
-                    .as_deref()
-                    .unwrap_or("")
-            );
-        }
-        let sustained = row.sustained(args.p99_limit_ms);
-        rows.push(row);
-        if !sustained && !args.all_rates {
+/// Publishes at `rate` for `--seconds` into `room` and waits for the deliveries; `pids` are
+/// the server's processes.
+async fn measure_rate(
+    room: &Room,
+    pids: &[(String, u32)],
+    rate: u64,
+    args: &Args,
+) -> anyhow::Result<Row> {
+    let fresh = Arc::new(Histogram::new());
+    *room.histogram.write().expect("histogram lock") = fresh.clone();
+    room.delivered.store(0, Ordering::Relaxed);
+    room.errors.store(0, Ordering::Relaxed);
+    let messages = rate * args.seconds;
+    let expected = messages * args.subscribers as u64;
+    let cpu = CpuSplit::start(pids.to_vec());
+    let server_cpu = || -> f64 { pids.iter().map(|(_, pid)| process_cpu_seconds(*pid)).sum() };
+    let server_cpu_start = server_cpu();
+    let first_send = now_micros();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..messages {
+        tick.tick().await;
+        let data = format!(
+            r#"{{"roomName":"{ROOM}","content":"x","metadata":{{"t":{}}}}}"#,
+            now_micros()
+        );
+        room.writer.emit("message:send", &data).await?;
+    }
+    // Wait for the stragglers: until everything arrived or nothing arrives for 2 s.
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = room.delivered.load(Ordering::Relaxed);
+        let last = room.last_delivery.load(Ordering::Relaxed).max(first_send);
+        if now >= expected || (now == seen && now_micros().saturating_sub(last) > 2_000_000) {
             break;
         }
+        seen = now;
     }
-    for task in tasks {
-        task.abort();
-    }
-    Ok(rows)
+    let got = room.delivered.load(Ordering::Relaxed);
+    let window = room
+        .last_delivery
+        .load(Ordering::Relaxed)
+        .saturating_sub(first_send) as f64
+        / 1e6;
+    Ok(Row {
+        rate,
+        per_second: if window > 0.0 {
+            got as f64 / window
+        } else {
+            0.0
+        },
+        delivered: got,
+        expected,
+        p50: fresh.quantile_ms(0.5),
+        p99: fresh.quantile_ms(0.99),
+        max: fresh.quantile_ms(1.0),
+        cpu_per_delivery: (server_cpu() - server_cpu_start) * 1e6 / got.max(1) as f64,
+        cpu: cpu.report(),
+    })
 }
