@@ -242,11 +242,19 @@ impl RoomSession {
                 format!("invalid token: {e}"),
             )
         })?;
-        self.set_identity(Some(Arc::new(Identity::new(claims))));
+        let identity = Arc::new(Identity::new(claims));
+        let mut left = Vec::new();
+        // Another user takes over nothing of the previous one: their rooms (and the presence
+        // tracked there under the previous user) are left.
+        if self.identity.is_some()
+            && identity.user_id() != self.identity.as_ref().and_then(|i| i.user_id())
+        {
+            left = self.room_names();
+            self.leave_all().await;
+        }
+        self.set_identity(Some(identity.clone()));
         self.gateway.identify(self.outbox.id, &self.user_id());
         // Rooms joined under the old token are checked again under the new claims.
-        let identity = self.identity.clone().expect("just set");
-        let mut left = Vec::new();
         for room in self.room_names() {
             match self.authorize(&identity, &room).await {
                 Ok(access) => {
