@@ -67,6 +67,24 @@ enum Command {
     Events(commands::events::Args),
     /// Close stale connections; delete expired broadcasts and old messages and events.
     Cleanup(commands::cleanup::Args),
+    /// Whether the gateways run: connections, channels, subscriptions, presence.
+    Status(commands::status::Args),
+    /// Figures of the running system: connections, channels, messages, subscriptions, presence.
+    Stats(commands::stats::Args),
+    /// The live WebSocket connections of every gateway.
+    Connections(commands::connections::Args),
+    /// Presence: track, get, online, count, offline, stats.
+    Presence(commands::presence::Args),
+    /// Send a message to a channel's subscribers: broadcast <channel> <event> <payload JSON>.
+    Broadcast(commands::broadcast::Args),
+    /// Run `up` in the background (pid and log in ./.nself-realtime/); -- passes arguments to up.
+    Start(commands::service::StartArgs),
+    /// Stop what `start` runs (SIGTERM, then SIGKILL after --timeout).
+    Stop(commands::service::StopArgs),
+    /// Stop, then start again with the given arguments.
+    Restart(commands::service::RestartArgs),
+    /// Print the background service's log: logs [-n 100] [--follow].
+    Logs(commands::service::LogsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -108,6 +126,15 @@ fn main() -> std::process::ExitCode {
             Command::Replay(args) => commands::messages::replay(args, json).await,
             Command::Events(args) => commands::events::run(args, json).await,
             Command::Cleanup(args) => commands::cleanup::run(args, json).await,
+            Command::Status(args) => commands::status::run(args, json).await,
+            Command::Stats(args) => commands::stats::run(args, json).await,
+            Command::Connections(args) => commands::connections::run(args, json).await,
+            Command::Presence(args) => commands::presence::run(args, json).await,
+            Command::Broadcast(args) => commands::broadcast::run(args, json).await,
+            Command::Start(args) => commands::service::start(args, json).await,
+            Command::Stop(args) => commands::service::stop(args, json).await,
+            Command::Restart(args) => commands::service::restart(args, json).await,
+            Command::Logs(args) => commands::service::logs(args, json).await,
         }
     });
     match result {

@@ -1,20 +1,29 @@
-//! One module per subcommand; `postgres` holds the connection step they share.
+//! One module per subcommand; `postgres` holds the connection step they share, `live` the
+//! way to the running gateways (and `http` its small HTTP client) for the operators' commands.
 //!
 //! The admin commands that work on the realtime tables over plain SQL (`channel`, `messages`,
 //! `replay`, `events`, `cleanup`) also share what is below: the `DATABASE_URL` option, the
 //! mapping of query failures to exit codes, UTC timestamps formatted by Postgres, and numbers
 //! written the way seed 002 prints them (`1,203 members`).
 
+pub mod broadcast;
 pub mod cdc;
 pub mod cdc_client;
 pub mod channel;
 pub mod cleanup;
+pub mod connections;
 pub mod events;
 pub mod gateway;
+pub mod http;
 pub mod init;
 pub mod listen;
+pub mod live;
 pub mod messages;
 pub mod postgres;
+pub mod presence;
+pub mod service;
+pub mod stats;
+pub mod status;
 pub mod subscriptions;
 pub mod token;
 pub mod up;
