@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod db;
 pub mod event_log;
+pub mod history;
 pub mod messages;
 pub mod metrics;
 pub mod native;

@@ -338,7 +338,7 @@ fn message_envelope(from: Option<Sender>, event: &str, payload: &Value) -> Envel
 }
 
 /// The client form of a `realtime.messages` row (as the CDC or `row_to_json` wrote it).
-fn stored_message(slug: &str, row: &Row) -> Value {
+pub fn stored_message(slug: &str, row: &Row) -> Value {
     let field = |name: &str| row.get(name).cloned().unwrap_or(Value::Null);
     json!({
         "id": field("id"),

@@ -7,6 +7,7 @@
 //! | `POST …/api/broadcast/{topic}/events/{event}` | realtime-js `httpSend` |
 //! | `GET /socket.io/?EIO=4&transport=websocket` | Socket.IO (nself plugin events) |
 //! | `GET /ws` | the plain WebSocket JSON protocol (seed 004) |
+//! | `GET /api/messages/{channel}`, `GET /realtime/v1/api/messages/{channel}` | message history under RLS ([`crate::history`]) |
 //! | `POST /api/control` | the operators' API ([`crate::control`], `service_role` only) |
 //! | `GET /health`, `GET /metrics` | health JSON, Prometheus text |
 //!
@@ -54,6 +55,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/socket.io", get(socket_io))
         .route("/ws", get(plain_websocket))
         .route("/api/control", post(crate::control::http))
+        .route("/api/messages/{channel}", get(crate::history::messages))
+        .route(
+            "/realtime/v1/api/messages/{channel}",
+            get(crate::history::messages),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics));
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {

@@ -254,3 +254,84 @@ async fn operators_see_every_gateway_over_nats_and_the_event_log_is_written() {
         .get(0);
     assert_eq!(connections, 2);
 }
+
+#[tokio::test]
+async fn history_over_http_follows_rls() {
+    let stack = Stack::start(1, &[]).await;
+    stack
+        .sql(
+            "INSERT INTO realtime.channels (name, slug, type, persist_messages)
+                 VALUES ('Team', 'team', 'private', true), ('Hall', 'hall', 'public', true);
+             INSERT INTO realtime.channel_members (channel_id, user_id)
+                 SELECT id, 'member' FROM realtime.channels WHERE slug = 'team';
+             INSERT INTO realtime.messages (channel_id, user_id, content, sent_at)
+                 SELECT c.id, 'member', 'm' || n, '2026-01-30T10:00:00Z'::timestamptz + n * interval '1 minute'
+                 FROM realtime.channels c, generate_series(1, 5) n WHERE c.slug = 'team';
+             INSERT INTO realtime.messages (channel_id, user_id, content, deleted_at)
+                 SELECT id, 'member', 'gone', now() FROM realtime.channels WHERE slug = 'team';",
+        )
+        .await;
+    let port = stack.gateways[0].port;
+    let get = |path: String, sub: &'static str| async move {
+        let auth = format!("Bearer {}", user(sub));
+        let (status, body) = http_request(port, "GET", &path, &[("Authorization", &auth)], "")
+            .await
+            .expect("the gateway answers");
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    // A member pages back from the newest: oldest first within a page, deleted ones left out.
+    let (status, page) = get("/api/messages/team?limit=2".into(), "member").await;
+    assert_eq!(status, 200, "{page}");
+    let contents = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(contents(&page), ["m4", "m5"]);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["messages"][0]["roomName"], "team");
+    let before = page["messages"][0]["sentAt"].as_str().unwrap().to_string();
+    let (_, older) = get(
+        format!(
+            "/realtime/v1/api/messages/team?limit=10&before={}",
+            before.replace('+', "%2B")
+        ),
+        "member",
+    )
+    .await;
+    assert_eq!(contents(&older), ["m1", "m2", "m3"], "{older}");
+    assert_eq!(older["has_more"], false);
+    let (_, since) = get(
+        "/api/messages/team?since=2026-01-30T10:04:00Z".into(),
+        "member",
+    )
+    .await;
+    assert_eq!(contents(&since), ["m4", "m5"]);
+    // Someone else cannot tell the private channel from a missing one.
+    let (status, body) = get("/api/messages/team".into(), "outsider").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = get("/api/messages/nowhere".into(), "member").await;
+    assert_eq!(status, 404);
+    let (status, empty) = get("/api/messages/hall".into(), "outsider").await;
+    assert_eq!((status, empty["messages"].clone()), (200, json!([])));
+    // Bad parameters and tokens name the fix.
+    for (path, wanted) in [
+        ("/api/messages/team?limit=0", 400),
+        ("/api/messages/team?limit=5000", 400),
+        ("/api/messages/team?since=yesterday", 400),
+    ] {
+        let (status, body) = get(path.into(), "member").await;
+        assert_eq!(status, wanted, "{path}: {body}");
+        assert!(body["error"].as_str().is_some(), "{body}");
+    }
+    let (status, _) = http_request(port, "GET", "/api/messages/team", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+}
