@@ -45,7 +45,7 @@ enum Command {
     Up(commands::up::Args),
     /// Run the CDC service: replication and NOTIFY into NATS, health, the SUBSCRIBE endpoint.
     Cdc(commands::cdc::Args),
-    /// Run a WebSocket gateway (Supabase Realtime protocol) on NATS.
+    /// Run a WebSocket gateway (Phoenix/Supabase, Socket.IO and /ws JSON) on NATS.
     Gateway(commands::gateway::Args),
     /// Publish a table's changes: subscribe public.users [INSERT,UPDATE,DELETE,TRUNCATE].
     Subscribe(commands::subscriptions::SubscribeArgs),
