@@ -44,6 +44,9 @@ mod tests {
     fn bare_levels_quiet_async_nats_and_filters_stay() {
         assert_eq!(with_quiet_nats("info"), "info,async_nats=warn");
         assert_eq!(with_quiet_nats("debug"), "debug");
-        assert_eq!(with_quiet_nats("info,async_nats=debug"), "info,async_nats=debug");
+        assert_eq!(
+            with_quiet_nats("info,async_nats=debug"),
+            "info,async_nats=debug"
+        );
     }
 }
