@@ -232,6 +232,7 @@ fn print_banner(
     };
     let http = format!("http://{host}:{}", listen.port());
     let websocket = format!("ws://{host}:{}/realtime/v1/websocket", listen.port());
+    let plain_websocket = format!("ws://{host}:{}/ws", listen.port());
     let exp_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 24 * 3600;
     let exp_day = time::OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
     let tokens = secret.map(|secret| {
@@ -246,6 +247,8 @@ fn print_banner(
         let mut out = Map::new();
         out.insert("url".into(), json!(http));
         out.insert("websocket".into(), json!(websocket));
+        out.insert("socket_io".into(), json!(http));
+        out.insert("plain_websocket".into(), json!(plain_websocket));
         out.insert("database_url".into(), json!(database));
         out.insert("cdc_port".into(), json!(cdc_port));
         if let Some((anon, service, user)) = &tokens {
@@ -259,6 +262,8 @@ fn print_banner(
     println!("nself-realtime is up");
     println!("  Supabase URL     {http}   (createClient(url, anonKey))");
     println!("  WebSocket        {websocket}");
+    println!("  Socket.IO        {http}   (io(url, {{ transports: ['websocket'], auth: {{ token }} }}))");
+    println!("  JSON WebSocket   {plain_websocket}?token=<jwt>");
     println!("  REST broadcast   {http}/realtime/v1/api/broadcast");
     println!("  Postgres         {database}");
     println!("  CDC endpoint     postgres://127.0.0.1:{cdc_port}   (SUBSCRIBE public.<table>)");
