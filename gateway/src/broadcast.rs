@@ -386,6 +386,20 @@ impl Broadcasts {
         }
     }
 
+    /// The topics each local connection is subscribed to (for operators).
+    pub fn rooms_by_connection(&self) -> HashMap<ConnId, std::collections::BTreeSet<String>> {
+        let mut by_connection: HashMap<ConnId, std::collections::BTreeSet<String>> = HashMap::new();
+        for (topic, room) in self.rooms.lock().expect("rooms lock").iter() {
+            for member in room.members.read().expect("members lock").values() {
+                by_connection
+                    .entry(member.subscriber.conn_id())
+                    .or_default()
+                    .insert(topic.clone());
+            }
+        }
+        by_connection
+    }
+
     /// Topics with local subscribers, and how many.
     pub fn topic_count(&self) -> usize {
         self.rooms.lock().expect("rooms lock").len()

@@ -105,7 +105,10 @@ fn operator_conn(user: &str) -> u64 {
 pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, ControlError> {
     match command {
         Command::Stats => Ok(stats(gateway)),
-        Command::Connections => Ok(json!(gateway.registry.list())),
+        Command::Connections => Ok(json!(gateway.registry.list(
+            |conn| gateway.connection_id(conn),
+            gateway.broadcasts.rooms_by_connection(),
+        ))),
         Command::Presence { channel, user } => {
             let records = gateway.presences.snapshot().await?;
             let records: Vec<_> = records

@@ -59,26 +59,21 @@ pub async fn serve<S: Session>(
 ) {
     let (outbox, receiver) = Outbox::new(gateway.config.send_queue);
     let span = tracing::info_span!("connection", conn = outbox.id, protocol = S::PROTOCOL);
-    let id = gateway.connection_id(outbox.id);
-    let remote_addr = peer.remote_addr.map(|ip| ip.to_string());
     gateway.registry.open(
         outbox.id,
-        crate::registry::ConnectionInfo {
-            id: id.clone(),
-            protocol: S::PROTOCOL,
-            user_id: peer.user_id.clone(),
-            remote_addr: remote_addr.clone(),
-            connected_at: crate::wire::now_rfc3339(),
-            rooms: Default::default(),
-        },
-    );
-    gateway.events.opened(
-        &id,
         S::PROTOCOL,
         peer.user_id.as_deref(),
-        remote_addr.as_deref(),
+        peer.remote_addr,
+    );
+    gateway.events.opened(
+        &gateway.connection_id(outbox.id),
+        S::PROTOCOL,
+        peer.user_id.as_deref(),
+        peer.remote_addr.map(|ip| ip.to_string()).as_deref(),
         peer.user_agent.as_deref(),
     );
+    // Nothing of the peer is kept for the connection's life: it is paid per connection.
+    drop(peer);
     async move {
         let (sink, mut stream) = socket.split();
         let writer = tokio::spawn(write(sink, receiver).in_current_span());
@@ -132,11 +127,10 @@ pub async fn serve<S: Session>(
             reason: String::new(),
         });
         let _ = writer.await;
-        let user = gateway
-            .registry
-            .close(outbox.id)
-            .and_then(|info| info.user_id);
-        gateway.events.closed(&id, user.as_deref());
+        let user = gateway.registry.close(outbox.id);
+        gateway
+            .events
+            .closed(&gateway.connection_id(outbox.id), user.as_deref());
         drop(slot);
     }
     .instrument(span)

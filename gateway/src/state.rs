@@ -158,7 +158,7 @@ impl Gateway {
 
     /// A connection learnt who it acts for.
     pub fn identify(&self, conn: crate::outbox::ConnId, user_id: &str) {
-        self.registry.set_user(conn, Some(user_id.to_string()));
+        self.registry.set_user(conn, user_id);
         self.events.identified(&self.connection_id(conn), user_id);
     }
 

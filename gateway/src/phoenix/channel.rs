@@ -335,7 +335,6 @@ impl Channels {
                 );
             }
         }
-        self.gateway.registry.joined(self.outbox.id, &slug);
         self.joined.insert(frame.topic.clone(), joined);
         Ok(())
     }
@@ -632,7 +631,6 @@ impl Channels {
     /// Unregisters a channel everywhere.
     async fn close(&self, joined: Joined) {
         joined.subscriber.close();
-        self.gateway.registry.left(self.outbox.id, &joined.slug);
         self.gateway.broadcasts.leave(&joined.room);
         if let Some(presence) = &joined.presence {
             self.gateway.presences.leave(presence);

@@ -386,7 +386,6 @@ impl RoomSession {
         }
         let body = joined_body(room, &joined.access);
         self.rooms.insert(room.to_string(), joined);
-        self.gateway.registry.joined(self.outbox.id, room);
         self.log("join", room, json!({}));
         let mut reply = Reply::new(Some("room:joined"), body);
         reply.open = Some(subscriber);
@@ -701,7 +700,6 @@ impl RoomSession {
     /// Unregisters a room everywhere; a typist stops typing, a tracked member leaves.
     async fn close(&self, room: &str, joined: Joined) {
         joined.subscriber.close();
-        self.gateway.registry.left(self.outbox.id, room);
         let gateway = &self.gateway;
         gateway.broadcasts.leave(&joined.room);
         gateway.notifications.leave(&joined.notify);
