@@ -17,6 +17,20 @@ use exit::CliError;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(test)]
+mod tests {
+    use super::one_line_usage_error;
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  <USER>\n  <CHANNEL>\n\nUsage: nself-realtime presence track <USER> <CHANNEL> [STATUS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_usage_error(rendered),
+            "error: the following required arguments were not provided: <USER> <CHANNEL>; usage: nself-realtime presence track <USER> <CHANNEL> [STATUS] (see --help)"
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "nself-realtime",
@@ -87,13 +101,37 @@ enum Command {
     Logs(commands::service::LogsArgs),
 }
 
+/// Clap's usage error on one line, like every other error of the binary: what is wrong (with
+/// its tip), then the usage that fixes it. `error: the following required arguments were not
+/// provided: <USER> <CHANNEL>; usage: nself-realtime presence track <USER> <CHANNEL> [STATUS]`
+fn one_line_usage_error(rendered: &str) -> String {
+    let mut problem = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("Usage:") {
+            usage = Some(rest.trim().to_string());
+        } else if !line.starts_with("For more information") {
+            problem.push(line.strip_prefix("error:").unwrap_or(line).trim());
+        }
+    }
+    let mut line = format!("error: {}", problem.join(" ").replace(" tip: ", "; tip: "));
+    if let Some(usage) = usage {
+        line.push_str(&format!("; usage: {usage} (see --help)"));
+    }
+    line
+}
+
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            // --help and --version: clap's own output, exit 0.
             let _ = e.print();
-            return std::process::ExitCode::from(code);
+            return std::process::ExitCode::SUCCESS;
         }
     };
     if let Err(e) = logging::init(&cli.log_level, &cli.log_format) {

@@ -262,7 +262,9 @@ fn print_banner(
     println!("nself-realtime is up");
     println!("  Supabase URL     {http}   (createClient(url, anonKey))");
     println!("  WebSocket        {websocket}");
-    println!("  Socket.IO        {http}   (io(url, {{ transports: ['websocket'], auth: {{ token }} }}))");
+    println!(
+        "  Socket.IO        {http}   (io(url, {{ transports: ['websocket'], auth: {{ token }} }}))"
+    );
     println!("  JSON WebSocket   {plain_websocket}?token=<jwt>");
     println!("  REST broadcast   {http}/realtime/v1/api/broadcast");
     println!("  Postgres         {database}");
