@@ -10,6 +10,7 @@ mod joins;
 mod load_client;
 mod machine;
 mod measure;
+mod messages;
 mod presence;
 mod socketio_client;
 mod socketio_fanout;
@@ -41,6 +42,9 @@ enum Scenario {
     Joins(joins::Args),
     /// The fanout workload over Socket.IO: one gateway beside a plain Node.js Socket.IO server.
     SocketioFanout(socketio_fanout::Args),
+    /// Persisted chat messages over Socket.IO through Postgres and the CDC to two gateways'
+    /// subscribers: acks, deliveries (exactly once), latency and where it goes.
+    Messages(messages::Args),
 }
 
 #[tokio::main]
@@ -58,5 +62,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Presence(args) => presence::run(args).await,
         Scenario::Joins(args) => joins::run(args).await,
         Scenario::SocketioFanout(args) => socketio_fanout::run(args).await,
+        Scenario::Messages(args) => messages::run(args).await,
     }
 }
