@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use futures::future::Either;
 use serde::Deserialize;
 use serde_json::json;
 use std::future::Future;
@@ -267,16 +268,16 @@ where
         user_id: identity.as_ref().and_then(|i| i.user_id()),
     };
     let slot = gateway.admit();
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        match slot {
-            Some(slot) => connection(socket, gateway, slot, peer, identity).await,
-            None => {
-                let reason = format!(
-                    "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
-                    gateway.config.max_connections
-                );
-                socket::refuse(socket, 1013, reason).await
-            }
+    // The connection's future is returned as it is (no async block around it), so the task
+    // holds only what the connection keeps.
+    Ok(upgrade.on_upgrade(move |socket| match slot {
+        Some(slot) => Either::Left(connection(socket, gateway, slot, peer, identity)),
+        None => {
+            let reason = format!(
+                "too many connections: this gateway holds {} (REALTIME_MAX_CONNECTIONS)",
+                gateway.config.max_connections
+            );
+            Either::Right(socket::refuse(socket, 1013, reason))
         }
     }))
 }

@@ -50,13 +50,17 @@ pub struct Peer {
 /// Runs a connection (see the module docs) until the client leaves, goes idle, is kicked, or
 /// the gateway shuts down. `start` builds the session around the connection's outbox. The
 /// connection is in the gateway's [`crate::registry`] and event log meanwhile.
-pub async fn serve<S: Session>(
+///
+/// Not an `async fn`: the setup runs now, and the returned future holds only what the
+/// connection needs while it lives (an async fn would keep its arguments, the whole socket
+/// among them, for the connection's life; that memory is paid per connection).
+pub fn serve<S: Session + 'static>(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
     peer: Peer,
     start: impl FnOnce(Arc<Outbox>) -> S,
-) {
+) -> impl Future<Output = ()> + Send {
     let (outbox, receiver) = Outbox::new(gateway.config.send_queue);
     let span = tracing::info_span!("connection", conn = outbox.id, protocol = S::PROTOCOL);
     gateway.registry.open(
@@ -72,12 +76,11 @@ pub async fn serve<S: Session>(
         peer.remote_addr.map(|ip| ip.to_string()).as_deref(),
         peer.user_agent.as_deref(),
     );
-    // Nothing of the peer is kept for the connection's life: it is paid per connection.
     drop(peer);
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write(sink, receiver).instrument(span.clone()));
+    let mut session = start(outbox.clone());
     async move {
-        let (sink, mut stream) = socket.split();
-        let writer = tokio::spawn(write(sink, receiver).in_current_span());
-        let mut session = start(outbox.clone());
         let mut shutdown = gateway.shutdown_signal();
         let idle = session.idle_timeout();
         loop {
@@ -134,7 +137,6 @@ pub async fn serve<S: Session>(
         drop(slot);
     }
     .instrument(span)
-    .await
 }
 
 /// Accepts the socket only to close it at once with a reason (the browser cannot read the body

@@ -45,13 +45,13 @@ use std::time::Duration;
 pub const PROTOCOL_VERSION: &str = "nself-realtime/1";
 
 /// Runs a `/ws` connection; `identity` is what the upgrade request authenticated, if anything.
-pub async fn run(
+pub fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
     peer: socket::Peer,
     identity: Option<Arc<Identity>>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let session_gateway = gateway.clone();
     socket::serve(socket, gateway, slot, peer, move |outbox| {
         let rooms = RoomSession::new(
@@ -82,7 +82,6 @@ pub async fn run(
             rooms,
         }
     })
-    .await
 }
 
 struct NativeSession {

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs a Phoenix connection (see [`crate::socket::serve`]).
-pub async fn run(
+pub fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
     peer: socket::Peer,
     vsn: Vsn,
     identity: Option<Arc<Identity>>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let session_gateway = gateway.clone();
     gateway.metrics.connection_opened(
         identity.as_ref().is_some_and(|i| i.claims.sub().is_some()),
@@ -31,7 +31,6 @@ pub async fn run(
         outbox,
         vsn,
     })
-    .await
 }
 
 /// The Phoenix protocol's session: frames decoded per `vsn`, handled by the [`Channels`].

@@ -37,13 +37,13 @@ pub const PROTOCOL_VERSION: &str = "nself-realtime/1";
 
 /// Runs a Socket.IO connection. `upgrade_identity` is the identity the upgrade request
 /// carried, if any (the handshake's `auth.token` wins).
-pub async fn run(
+pub fn run(
     socket: WebSocket,
     gateway: Arc<Gateway>,
     slot: ConnectionSlot,
     peer: socket::Peer,
     upgrade_identity: Option<Arc<Identity>>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let session_gateway = gateway.clone();
     socket::serve(socket, gateway, slot, peer, move |outbox| {
         let ping_interval = session_gateway.config.heartbeat_interval.min(PING_INTERVAL);
@@ -70,7 +70,6 @@ pub async fn run(
             next_ping: Instant::now() + ping_interval,
         }
     })
-    .await
 }
 
 struct SocketIoSession {
