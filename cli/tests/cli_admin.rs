@@ -7,6 +7,7 @@
 //! Also the Row Level Security of `realtime.messages` at the SQL level, acting as a user the way
 //! the gateway does: `SET LOCAL ROLE authenticated` and `request.jwt.claims` in one transaction.
 
+use realtime_tests::cli_output::{ok, stderr, stdout, usage_error};
 use realtime_tests::{Postgres, TestDb};
 use serde_json::{json, Value};
 use std::process::{Output, Stdio};
@@ -89,39 +90,6 @@ impl Admin {
         ))
         .await
     }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-/// Asserts exit code 2 with one `error:` line on stderr containing `needle`, and nothing on
-/// stdout.
-fn usage_error(output: Output, needle: &str) {
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{}{err}", stdout(&output));
-    assert!(
-        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
-        "{err}"
-    );
-    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-    assert_eq!(stdout(&output), "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,8 @@
 //! output is compared with ids, uptimes and relative times masked and runs of spaces collapsed
 //! ([`normalize`]); column alignment is checked on its own.
 
-use futures::{SinkExt, StreamExt};
-use realtime_tests::{
-    free_port, token, ws_connect, PhoenixClient, Stack, WsMessage, TEST_JWT_SECRET,
-};
+use realtime_tests::cli_output::{ok, stderr, stdout, usage_error};
+use realtime_tests::{free_port, token, PhoenixClient, SocketIoClient, Stack, TEST_JWT_SECRET};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -128,37 +126,6 @@ impl Cli {
     }
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-/// Asserts exit code 2 with one `error:` line on stderr containing `needle`.
-fn usage_error(output: Output, needle: &str) {
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{}{err}", stdout(&output));
-    assert!(
-        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
-        "{err}"
-    );
-    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-}
-
 /// Whether `word` is a gateway id (16 hex digits), optionally with `-<connection number>`.
 fn id_kind(word: &str) -> Option<&'static str> {
     let (gateway, conn) = match word.split_once('-') {
@@ -233,58 +200,6 @@ fn user(sub: &str) -> String {
     token(json!({"role": "authenticated", "sub": sub}))
 }
 
-type Socket = realtime_tests::WsStream;
-
-async fn next_text(socket: &mut Socket) -> String {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the socket is open")
-            .expect("a readable message");
-        if let WsMessage::Text(text) = message {
-            return text.to_string();
-        }
-    }
-}
-
-async fn next_starting(socket: &mut Socket, prefix: &str) -> String {
-    loop {
-        let text = next_text(socket).await;
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
-async fn send(socket: &mut Socket, text: &str) {
-    socket
-        .send(WsMessage::Text(text.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// A Socket.IO connection as `sub`, joined to `room` (which tracks its presence).
-async fn socket_io_in(port: u16, sub: &str, room: &str) -> Socket {
-    let mut socket = ws_connect(&format!(
-        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-    ))
-    .await
-    .unwrap();
-    let open = next_text(&mut socket).await;
-    assert!(open.starts_with("0{"), "{open}");
-    send(&mut socket, &format!("40{}", json!({"token": user(sub)}))).await;
-    next_starting(&mut socket, "40{").await;
-    next_starting(&mut socket, r#"42["authenticated""#).await;
-    send(
-        &mut socket,
-        &format!("421{}", json!(["room:join", {"roomName": room}])),
-    )
-    .await;
-    next_starting(&mut socket, "431[").await;
-    socket
-}
-
 /// A Phoenix client as `sub` on `realtime:<channel>`, tracking presence under its name with
 /// `status`.
 async fn phoenix_tracking(url: &str, channel: &str, sub: &str, status: &str) -> PhoenixClient {
@@ -319,14 +234,13 @@ async fn over_nats_every_gateway_answers_and_figures_are_summed() {
                  ('ops', 'ops', 'public'), ('lobby', 'lobby', 'presence'), ('team', 'team', 'private')",
         )
         .await;
-    let mut alice = socket_io_in(g0.port, "alice", "ops").await;
-    let mut bob = socket_io_in(g1.port, "bob", "ops").await;
-    send(
-        &mut bob,
-        r#"422["message:send",{"roomName":"ops","content":"hi"}]"#,
-    )
-    .await;
-    next_starting(&mut bob, "432[").await;
+    let mut alice = SocketIoClient::connect(g0.port, "alice").await;
+    alice.join("ops").await;
+    let mut bob = SocketIoClient::connect(g1.port, "bob").await;
+    bob.join("ops").await;
+    bob.send(r#"422["message:send",{"roomName":"ops","content":"hi"}]"#)
+        .await;
+    bob.next_starting("432[").await;
     let mut carol = phoenix_tracking(
         &g1.websocket_url(&user("carol"), "1.0.0"),
         "lobby",
@@ -440,7 +354,7 @@ async fn over_nats_every_gateway_answers_and_figures_are_summed() {
     );
     // Alice's client sees dave through the presence events of its room.
     loop {
-        let event = next_starting(&mut alice, r#"42["presence:"#).await;
+        let event = alice.next_starting(r#"42["presence:"#).await;
         if event.contains(r#""dave""#) {
             break;
         }

@@ -8,6 +8,7 @@
 use nself_realtime_cdc::wire::{self, WireConfig};
 use nself_realtime_cdc::{migrations, publications};
 use nself_realtime_shared::subject::{self, Operation};
+use realtime_tests::cli_output::{ok, stderr, usage_error};
 use realtime_tests::{free_port, Nats, Postgres, TestDb};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -85,37 +86,6 @@ async fn run(mut command: Command) -> Output {
         .await
         .expect("the CLI finished in time")
         .expect("run nself-realtime")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        stdout(&output),
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-/// Asserts exit code 2 with one `error:` line on stderr containing `needle`.
-fn usage_error(output: Output, needle: &str) {
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{}{err}", stdout(&output));
-    assert!(
-        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
-        "{err}"
-    );
-    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
 }
 
 async fn next_line<R: tokio::io::AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>) -> String {

@@ -4,73 +4,21 @@
 //! refused at the upgrade, connections per IP, the operators' API over NATS across two
 //! gateways, and the event log written to Postgres.
 
-use futures::{SinkExt, StreamExt};
-use realtime_tests::{http_request, token, ws_connect, Stack, WsMessage};
+use futures::StreamExt;
+use realtime_tests::{http_request, token, ws_connect, SocketIoClient, Stack};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-type Socket = realtime_tests::WsStream;
-
 fn user(sub: &str) -> String {
     token(json!({"role": "authenticated", "sub": sub}))
-}
-
-/// The next text message, within 10 s.
-async fn next_text(socket: &mut Socket) -> String {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the socket is open")
-            .expect("a readable message");
-        if let WsMessage::Text(text) = message {
-            return text.to_string();
-        }
-    }
-}
-
-/// The next text message that starts with `prefix`.
-async fn next_starting(socket: &mut Socket, prefix: &str) -> String {
-    loop {
-        let text = next_text(socket).await;
-        if text.starts_with(prefix) {
-            return text;
-        }
-    }
-}
-
-async fn send(socket: &mut Socket, text: &str) {
-    socket
-        .send(WsMessage::Text(text.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// A Socket.IO connection through the CONNECT, with `sub`'s token.
-async fn socket_io(port: u16, sub: &str) -> Socket {
-    let mut socket = ws_connect(&format!(
-        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-    ))
-    .await
-    .unwrap();
-    let open = next_text(&mut socket).await;
-    assert!(open.starts_with("0{"), "{open}");
-    send(&mut socket, &format!("40{}", json!({"token": user(sub)}))).await;
-    next_starting(&mut socket, "40{").await;
-    next_starting(&mut socket, r#"42["authenticated""#).await;
-    socket
 }
 
 #[tokio::test]
 async fn socket_io_packets_at_the_edges() {
     let stack = Stack::start(1, &[("REALTIME_HEARTBEAT_INTERVAL", "2")]).await;
     let port = stack.gateways[0].port;
-    let mut socket = ws_connect(&format!(
-        "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-    ))
-    .await
-    .unwrap();
-    let open: Value = serde_json::from_str(&next_text(&mut socket).await[1..]).unwrap();
+    let (mut socket, open) = SocketIoClient::open(port).await;
+    let open: Value = serde_json::from_str(&open[1..]).unwrap();
     assert_eq!(open["upgrades"], json!([]));
     assert_eq!(
         open["pingInterval"], 2000,
@@ -78,33 +26,32 @@ async fn socket_io_packets_at_the_edges() {
     );
     assert_eq!(open["pingTimeout"], 20000);
     // Another namespace is refused; the default one still works.
-    send(&mut socket, r#"40/admin,{"token":"x"}"#).await;
-    let refused = next_text(&mut socket).await;
+    socket.send(r#"40/admin,{"token":"x"}"#).await;
+    let refused = socket.next_text().await;
     assert!(refused.starts_with("44/admin,"), "{refused}");
-    send(&mut socket, &format!("40{}", json!({"token": user("u1")}))).await;
-    next_starting(&mut socket, "40{").await;
+    socket
+        .send(&format!("40{}", json!({"token": user("u1")})))
+        .await;
+    socket.next_starting("40{").await;
     // Malformed and binary packets get an error event and the socket stays.
     for bad in ["4", "42[oops", "47", "42{}"] {
-        send(&mut socket, bad).await;
-        let error = next_starting(&mut socket, r#"42["error""#).await;
+        socket.send(bad).await;
+        let error = socket.next_starting(r#"42["error""#).await;
         assert!(error.contains("VALIDATION_ERROR"), "{bad}: {error}");
     }
-    socket
-        .send(WsMessage::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
-    let error = next_starting(&mut socket, r#"42["error""#).await;
+    socket.send_binary(vec![1, 2, 3]).await;
+    let error = socket.next_starting(r#"42["error""#).await;
     assert!(error.contains("binary"), "{error}");
     // An event with an ack id is answered on that id.
-    send(&mut socket, r#"427["ping"]"#).await;
-    let ack = next_starting(&mut socket, "437[").await;
+    socket.send(r#"427["ping"]"#).await;
+    let ack = socket.next_starting("437[").await;
     assert!(ack.contains("timestamp"), "{ack}");
     // The server pings every pingInterval; answering keeps the socket.
-    let ping = next_starting(&mut socket, "2").await;
+    let ping = socket.next_starting("2").await;
     assert_eq!(ping, "2");
-    send(&mut socket, "3").await;
-    send(&mut socket, r#"42["ping"]"#).await;
-    next_starting(&mut socket, r#"42["pong""#).await;
+    socket.send("3").await;
+    socket.send(r#"42["ping"]"#).await;
+    socket.next_starting(r#"42["pong""#).await;
 }
 
 #[tokio::test]
@@ -150,18 +97,13 @@ async fn operators_see_every_gateway_over_nats_and_the_event_log_is_written() {
         )],
     )
     .await;
-    let mut alice = socket_io(stack.gateways[0].port, "alice").await;
-    send(&mut alice, r#"421["room:join",{"roomName":"ops"}]"#).await;
-    next_starting(&mut alice, "431[").await;
-    let mut bob = socket_io(stack.gateways[1].port, "bob").await;
-    send(&mut bob, r#"421["room:join",{"roomName":"ops"}]"#).await;
-    next_starting(&mut bob, "431[").await;
-    send(
-        &mut bob,
-        r#"422["message:send",{"roomName":"ops","content":"hi"}]"#,
-    )
-    .await;
-    next_starting(&mut bob, "432[").await;
+    let mut alice = SocketIoClient::connect(stack.gateways[0].port, "alice").await;
+    alice.join("ops").await;
+    let mut bob = SocketIoClient::connect(stack.gateways[1].port, "bob").await;
+    bob.join("ops").await;
+    bob.send(r#"422["message:send",{"roomName":"ops","content":"hi"}]"#)
+        .await;
+    bob.next_starting("432[").await;
 
     // Scatter-gather over NATS: every gateway answers `connections`.
     let nats = stack.nats.connect().await;

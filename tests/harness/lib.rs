@@ -17,12 +17,14 @@
 //! processes run as, the `postgres` OS user.
 
 mod cdc;
+pub mod cli_output;
 mod gateway;
 mod nats;
 mod phoenix_client;
 mod postgres;
 mod process;
 mod service;
+mod socketio_client;
 
 pub use cdc::{
     binary, http_get, http_get_json, http_post, http_request, init, read_change_stream, run_cli,
@@ -34,6 +36,7 @@ pub use phoenix_client::{Closed, Frame, PhoenixClient};
 pub use postgres::{connect as connect_url, Postgres, TestDb};
 pub use process::free_port;
 pub use service::ServiceProcess;
+pub use socketio_client::SocketIoClient;
 /// WebSocket messages, for tests that send raw frames through [`PhoenixClient::send_raw`].
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;
 
