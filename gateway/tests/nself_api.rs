@@ -277,3 +277,47 @@ async fn history_over_http_follows_rls() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+/// Seed 000's pattern: a trigger's `pg_notify('table_users', ...)` reaches the clients in room
+/// `table_users` as `db:notification`, through the CDC's NOTIFY bridge and NATS.
+#[tokio::test]
+async fn notify_payloads_reach_socket_io_rooms() {
+    let db = realtime_tests::Postgres::shared().fresh_database().await;
+    realtime_tests::init(&db);
+    let nats = realtime_tests::Nats::shared().fresh_account();
+    let cdc = realtime_tests::CdcProcess::start(
+        &db,
+        &nats,
+        &[("REALTIME_NOTIFY_CHANNELS", "table_users")],
+    );
+    cdc.wait_for_role("leader", Duration::from_secs(30)).await;
+    let gateway = realtime_tests::GatewayProcess::start(&db, &nats, &[]).await;
+    let mut client = SocketIoClient::connect(gateway.port, "u1").await;
+    client.join("table_users").await;
+    let notified = db.connect().await;
+    // The bridge's LISTEN may not be in place the instant the CDC leads: notify until one
+    // arrives (each is a distinct payload, so what arrives is known to be ours).
+    let mut attempt = 0;
+    let event = loop {
+        attempt += 1;
+        notified
+            .execute(
+                "SELECT pg_notify('table_users', json_build_object('operation', 'INSERT', 'record', json_build_object('id', $1::int))::text)",
+                &[&attempt],
+            )
+            .await
+            .unwrap();
+        let wait = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.next_starting(r#"42["db:notification""#),
+        )
+        .await;
+        if let Ok(event) = wait {
+            break event;
+        }
+        assert!(attempt < 40, "no db:notification after {attempt} NOTIFYs");
+    };
+    let payload: Value = serde_json::from_str(&event[2..]).unwrap();
+    assert_eq!(payload[1]["operation"], "INSERT");
+    assert!(payload[1]["record"]["id"].as_i64().unwrap() >= 1);
+}
