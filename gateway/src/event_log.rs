@@ -36,10 +36,12 @@ pub enum Entry {
         kind: String,
         user_id: Option<String>,
         channel: Option<String>,
-        data: Value,
+        /// The data as JSON text: a queued `Value` would hold a whole map node per entry.
+        data: String,
         at: String,
     },
-    /// A connection opened: a row of `realtime.connections`.
+    /// A connection opened: a row of `realtime.connections` and its `connect` event (one entry
+    /// for both: this is the busiest kind).
     Opened {
         id: String,
         user_id: Option<String>,
@@ -49,13 +51,14 @@ pub enum Entry {
         at: String,
     },
     /// A connection learnt who it acts for (Socket.IO CONNECT, `/ws` auth).
-    Identified {
-        id: String,
-        user_id: String,
-    },
+    Identified { id: String, user_id: String },
+    /// A connection closed: its history row (`history`) and a `disconnect` event (`event`).
     Closed {
         id: String,
+        user_id: Option<String>,
         at: String,
+        history: bool,
+        event: bool,
     },
 }
 
@@ -112,7 +115,7 @@ impl EventLog {
                 kind: kind.to_string(),
                 user_id: user_id.map(str::to_string),
                 channel: channel.map(str::to_string),
-                data,
+                data: data.to_string(),
                 at: crate::wire::now_rfc3339(),
             });
         }
@@ -138,12 +141,6 @@ impl EventLog {
             user_agent: user_agent.map(str::to_string),
             at: crate::wire::now_rfc3339(),
         });
-        self.record(
-            "connect",
-            user_id,
-            None,
-            serde_json::json!({ "connection": id, "protocol": protocol, "remoteAddr": remote_addr }),
-        );
     }
 
     pub fn identified(&self, id: &str, user_id: &str) {
@@ -156,18 +153,16 @@ impl EventLog {
     }
 
     pub fn closed(&self, id: &str, user_id: Option<&str>) {
-        if self.logs("connect") {
+        let (history, event) = (self.logs("connect"), self.logs("disconnect"));
+        if history || event {
             self.push(Entry::Closed {
                 id: id.to_string(),
+                user_id: user_id.map(str::to_string),
                 at: crate::wire::now_rfc3339(),
+                history,
+                event,
             });
         }
-        self.record(
-            "disconnect",
-            user_id,
-            None,
-            serde_json::json!({ "connection": id }),
-        );
     }
 }
 
@@ -254,13 +249,11 @@ async fn write_entries(pool: &Pool, gateway_id: &str, entries: Vec<Entry>) -> Re
                 data,
                 at,
             } => {
-                for (column, value) in events.iter_mut().zip([
-                    Some(kind),
-                    user_id,
-                    channel,
-                    Some(data.to_string()),
-                    Some(at),
-                ]) {
+                for (column, value) in
+                    events
+                        .iter_mut()
+                        .zip([Some(kind), user_id, channel, Some(data), Some(at)])
+                {
                     column.push(value);
                 }
             }
@@ -272,6 +265,18 @@ async fn write_entries(pool: &Pool, gateway_id: &str, entries: Vec<Entry>) -> Re
                 user_agent,
                 at,
             } => {
+                let data = serde_json::json!({
+                    "connection": id, "protocol": protocol, "remoteAddr": remote_addr,
+                });
+                for (column, value) in events.iter_mut().zip([
+                    Some("connect".to_string()),
+                    user_id.clone(),
+                    None,
+                    Some(data.to_string()),
+                    Some(at.clone()),
+                ]) {
+                    column.push(value);
+                }
                 for (column, value) in opened.iter_mut().zip([
                     Some(id),
                     user_id,
@@ -287,9 +292,29 @@ async fn write_entries(pool: &Pool, gateway_id: &str, entries: Vec<Entry>) -> Re
                 identified[0].push(Some(id));
                 identified[1].push(Some(user_id));
             }
-            Entry::Closed { id, at } => {
-                closed[0].push(Some(id));
-                closed[1].push(Some(at));
+            Entry::Closed {
+                id,
+                user_id,
+                at,
+                history,
+                event,
+            } => {
+                if event {
+                    let data = serde_json::json!({ "connection": id });
+                    for (column, value) in events.iter_mut().zip([
+                        Some("disconnect".to_string()),
+                        user_id,
+                        None,
+                        Some(data.to_string()),
+                        Some(at.clone()),
+                    ]) {
+                        column.push(value);
+                    }
+                }
+                if history {
+                    closed[0].push(Some(id));
+                    closed[1].push(Some(at));
+                }
             }
         }
     }

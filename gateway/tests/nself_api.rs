@@ -180,6 +180,7 @@ async fn operators_see_every_gateway_over_nats_and_the_event_log_is_written() {
             .iter()
             .any(|(t, u)| t == "message" && u.as_deref() == Some("bob"))
             && seen.iter().filter(|(t, _)| t == "join").count() == 2
+            && seen.iter().filter(|(t, _)| t == "connect").count() == 2
         {
             break;
         }
