@@ -318,6 +318,13 @@ async fn write_entries(pool: &Pool, gateway_id: &str, entries: Vec<Entry>) -> Re
             }
         }
     }
+    tracing::debug!(
+        events = events[0].len(),
+        opened = opened[0].len(),
+        identified = identified[0].len(),
+        closed = closed[0].len(),
+        "writing the event log"
+    );
     let transaction = client.transaction().await.map_err(describe)?;
     if !events[0].is_empty() {
         transaction

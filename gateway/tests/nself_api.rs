@@ -169,7 +169,7 @@ async fn operators_see_every_gateway_over_nats_and_the_event_log_is_written() {
     loop {
         let rows = db
             .query(
-                "SELECT type, user_id FROM realtime.events WHERE channel = 'ops' ORDER BY id",
+                "SELECT type, user_id FROM realtime.events WHERE channel = 'ops' OR type = 'connect' ORDER BY id",
                 &[],
             )
             .await
