@@ -57,6 +57,33 @@ impl Reply {
     }
 }
 
+/// What a connection tracks in its rooms' presence, kept compact (it is paid per connection;
+/// the map is built when tracking).
+struct Tracked {
+    status: &'static str,
+    custom_status: Option<Value>,
+    /// `metadata` of presence updates (an empty map allocates nothing).
+    extra: Map<String, Value>,
+    online_at: Box<str>,
+}
+
+impl Tracked {
+    /// Keys a presence update's metadata may not set.
+    const RESERVED: [&'static str; 5] = ["userId", "status", "customStatus", "onlineAt", "phx_ref"];
+
+    /// `{userId, status, customStatus?, onlineAt, ...metadata}`.
+    fn meta(&self, user: &str) -> Map<String, Value> {
+        let mut meta = self.extra.clone();
+        meta.insert("userId".into(), Value::String(user.to_string()));
+        meta.insert("status".into(), Value::String(self.status.to_string()));
+        if let Some(custom) = &self.custom_status {
+            meta.insert("customStatus".into(), custom.clone());
+        }
+        meta.insert("onlineAt".into(), Value::String(self.online_at.to_string()));
+        meta
+    }
+}
+
 /// A joined room.
 struct Joined {
     subscriber: Arc<Subscriber>,
@@ -81,8 +108,8 @@ pub struct RoomSession {
     messages: RateLimit,
     presence_updates: RateLimit,
     events: RateLimit,
-    /// What this connection tracks in its rooms' presence: `userId`, `status`, ...
-    status: Map<String, Value>,
+    /// What this connection tracks in its rooms' presence (see [`Tracked::meta`]).
+    tracked: Tracked,
 }
 
 fn server_error(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -109,7 +136,12 @@ impl RoomSession {
             messages,
             presence_updates,
             events,
-            status: Map::new(),
+            tracked: Tracked {
+                status: STATUSES[0],
+                custom_status: None,
+                extra: Map::new(),
+                online_at: crate::wire::now_rfc3339().into(),
+            },
         };
         session.set_identity(identity);
         session
@@ -117,14 +149,11 @@ impl RoomSession {
 
     fn set_identity(&mut self, identity: Option<Arc<Identity>>) {
         self.identity = identity;
-        let user = self.user_id();
-        self.status.insert("userId".into(), Value::String(user));
-        self.status
-            .entry("status")
-            .or_insert_with(|| Value::String("online".into()));
-        self.status
-            .entry("onlineAt")
-            .or_insert_with(|| Value::String(crate::wire::now_rfc3339()));
+    }
+
+    /// The presence metadata this connection tracks.
+    fn presence_meta(&self) -> Map<String, Value> {
+        self.tracked.meta(&self.user_id())
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -373,7 +402,7 @@ impl RoomSession {
                 joined.presence = Some(gateway.presences.join(room, subscriber.clone()).await?);
                 gateway
                     .presences
-                    .track(room, self.outbox.id, &self.user_id(), self.status.clone())
+                    .track(room, self.outbox.id, &self.user_id(), self.presence_meta())
                     .await?;
                 joined.tracked = true;
             }
@@ -615,23 +644,28 @@ impl RoomSession {
         if let Some(room) = room {
             self.joined(room)?;
         }
-        let mut status_map = self.status.clone();
-        status_map.insert("status".into(), Value::String(status.to_string()));
-        match custom_status {
-            Some(custom) => status_map.insert("customStatus".into(), custom),
-            None => status_map.remove("customStatus"),
+        let mut tracked = Tracked {
+            status: STATUSES
+                .iter()
+                .copied()
+                .find(|s| *s == status)
+                .expect("checked above"),
+            custom_status,
+            extra: self.tracked.extra.clone(),
+            online_at: self.tracked.online_at.clone(),
         };
         if let Some(metadata) = metadata {
             for (k, v) in metadata {
-                if !matches!(k.as_str(), "userId" | "status" | "customStatus" | "phx_ref") {
-                    status_map.insert(k, v);
+                if !Tracked::RESERVED.contains(&k.as_str()) {
+                    tracked.extra.insert(k, v);
                 }
             }
         }
-        if Value::Object(status_map.clone()).to_string().len() > MAX_METADATA_BYTES {
+        let meta = tracked.meta(&self.user_id());
+        if Value::Object(meta.clone()).to_string().len() > MAX_METADATA_BYTES {
             return Err(ApiError::validation("presence data is larger than 16 KiB"));
         }
-        self.status = status_map;
+        self.tracked = tracked;
         let rooms: Vec<String> = match room {
             Some(room) => vec![room.to_string()],
             None => self.room_names(),
@@ -644,7 +678,7 @@ impl RoomSession {
                 }
                 self.gateway
                     .presences
-                    .track(name, self.outbox.id, &user, self.status.clone())
+                    .track(name, self.outbox.id, &user, meta.clone())
                     .await
                     .map_err(|e| server_error("presence not updated", e))?;
                 joined.tracked = true;
@@ -653,7 +687,7 @@ impl RoomSession {
         for name in &rooms {
             self.log("presence", name, json!({ "status": status }));
         }
-        let mut body = Value::Object(self.status.clone());
+        let mut body = Value::Object(meta);
         body["rooms"] = json!(rooms);
         Ok(Reply::new(None, body))
     }
