@@ -28,44 +28,39 @@ use serde_json::{json, Map, Value};
 /// protocol cannot carry it (a binary payload outside Phoenix vsn 2.0.0).
 pub fn envelope(wire: Wire, topic: &str, envelope: &Envelope) -> Option<OutFrame> {
     let event = envelope.event.as_str();
-    match wire {
-        Wire::Phoenix(vsn) => {
-            frame::user_broadcast(vsn, topic, event, &envelope.payload, envelope.meta.as_ref())
+    if let Wire::Phoenix(vsn) = wire {
+        return frame::user_broadcast(vsn, topic, event, &envelope.payload, envelope.meta.as_ref());
+    }
+    // The nself protocols carry JSON payloads only.
+    let BroadcastPayload::Json(json) = &envelope.payload else {
+        return None;
+    };
+    if !frame::is_json(json) {
+        return None;
+    }
+    Some(match (wire, envelope.kind) {
+        (Wire::SocketIo, Kind::User) => {
+            let mut body = Vec::with_capacity(48 + topic.len() + event.len() + json.len());
+            body.extend_from_slice(b"{\"roomName\":");
+            frame::write_str(&mut body, topic);
+            body.extend_from_slice(b",\"event\":");
+            frame::write_str(&mut body, event);
+            body.extend_from_slice(b",\"payload\":");
+            body.extend_from_slice(json);
+            body.push(b'}');
+            packet::event("broadcast", &body)
         }
-        Wire::SocketIo => {
-            let BroadcastPayload::Json(json) = &envelope.payload else {
-                return None;
-            };
-            valid_json(json)?;
-            Some(match envelope.kind {
-                Kind::User => {
-                    let mut body = Vec::with_capacity(48 + topic.len() + event.len() + json.len());
-                    body.extend_from_slice(b"{\"roomName\":");
-                    write_str(&mut body, topic);
-                    body.extend_from_slice(b",\"event\":");
-                    write_str(&mut body, event);
-                    body.extend_from_slice(b",\"payload\":");
-                    body.extend_from_slice(json);
-                    body.push(b'}');
-                    packet::event("broadcast", &body)
-                }
-                Kind::Message | Kind::Typing | Kind::Notification => packet::event(event, json),
-            })
-        }
-        Wire::Json => {
-            let BroadcastPayload::Json(json) = &envelope.payload else {
-                return None;
-            };
-            valid_json(json)?;
-            let kind = match envelope.kind {
+        (Wire::SocketIo, _) => packet::event(event, json),
+        (_, kind) => {
+            let kind = match kind {
                 Kind::User => "broadcast",
                 Kind::Message => "message",
                 Kind::Typing => "typing",
                 Kind::Notification => "notification",
             };
-            Some(json_frame(kind, topic, event, json))
+            json_frame(kind, topic, event, json)
         }
-    }
+    })
 }
 
 /// A row change (`{"ids": [...], "data": {...}}`) for a table subscription.
@@ -199,11 +194,11 @@ pub fn presence_event(wire: Wire, topic: &str, event: &PresenceEvent) -> Option<
 pub fn json_frame(kind: &str, topic: &str, event: &str, payload: &[u8]) -> OutFrame {
     let mut out = Vec::with_capacity(48 + kind.len() + topic.len() + event.len() + payload.len());
     out.extend_from_slice(b"{\"type\":");
-    write_str(&mut out, kind);
+    frame::write_str(&mut out, kind);
     out.extend_from_slice(b",\"channel\":");
-    write_str(&mut out, topic);
+    frame::write_str(&mut out, topic);
     out.extend_from_slice(b",\"event\":");
-    write_str(&mut out, event);
+    frame::write_str(&mut out, event);
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload);
     out.push(b'}');
@@ -237,18 +232,6 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(FORMAT)
         .unwrap_or_default()
-}
-
-/// `Some(())` when `json` is valid JSON (a relayed payload could come from a foreign publisher;
-/// one pass per event, not per subscriber).
-fn valid_json(json: &[u8]) -> Option<()> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(json)
-        .ok()
-        .map(|_| ())
-}
-
-fn write_str(out: &mut Vec<u8>, text: &str) {
-    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 #[cfg(test)]

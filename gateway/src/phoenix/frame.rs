@@ -547,7 +547,9 @@ pub fn user_broadcast(
     meta: Option<&Value>,
 ) -> Option<OutFrame> {
     if let BroadcastPayload::Json(json) = payload {
-        serde_json::from_slice::<serde::de::IgnoredAny>(json).ok()?;
+        if !is_json(json) {
+            return None;
+        }
     }
     let metadata = meta.map(|m| serde_json::to_vec(m).unwrap_or_default());
     let metadata = metadata.as_deref().unwrap_or_default();
@@ -641,8 +643,13 @@ fn text_frame(
     OutFrame::Text(Bytes::from(out))
 }
 
+/// Whether `bytes` are one valid JSON value (one pass, nothing built).
+pub fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
 /// A JSON string literal. Writing into a `Vec` cannot fail, and a `&str` always serializes.
-fn write_str(out: &mut Vec<u8>, text: &str) {
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 

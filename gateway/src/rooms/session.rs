@@ -452,6 +452,19 @@ impl RoomSession {
         Ok(joined)
     }
 
+    /// Takes one of the connection's typing and broadcast events per second.
+    fn allow_event(&mut self) -> Result<(), ApiError> {
+        if self.events.allow() {
+            return Ok(());
+        }
+        Err(Self::rate_limited(
+            &self.events,
+            "events",
+            &format!("{} per second", self.gateway.config.max_events_per_second),
+            "REALTIME_MAX_EVENTS_PER_SECOND",
+        ))
+    }
+
     fn rate_limited(limit: &RateLimit, what: &str, per: &str, env: &str) -> ApiError {
         ApiError::new(
             ErrorCode::RateLimitExceeded,
@@ -582,14 +595,7 @@ impl RoomSession {
                 "typing indicators are off (REALTIME_ENABLE_TYPING)",
             ));
         }
-        if !self.events.allow() {
-            return Err(Self::rate_limited(
-                &self.events,
-                "events",
-                &format!("{} per second", self.gateway.config.max_events_per_second),
-                "REALTIME_MAX_EVENTS_PER_SECOND",
-            ));
-        }
+        self.allow_event()?;
         self.may_send(room)?;
         let user = self.user_id();
         crate::typing::signal(&self.gateway.typing, room, &user, thread.as_deref(), typing)
@@ -698,14 +704,7 @@ impl RoomSession {
         event: &str,
         payload: &Value,
     ) -> Result<Reply, ApiError> {
-        if !self.events.allow() {
-            return Err(Self::rate_limited(
-                &self.events,
-                "events",
-                &format!("{} per second", self.gateway.config.max_events_per_second),
-                "REALTIME_MAX_EVENTS_PER_SECOND",
-            ));
-        }
+        self.allow_event()?;
         self.may_send(room)?;
         let envelope = Envelope {
             from: Some(Sender {
