@@ -12,6 +12,12 @@
 //! not). `nbf` is honoured when present. Audiences are not checked: Supabase tokens carry
 //! `aud: authenticated`, and authorization is the database's business (RLS).
 //!
+//! Registered claims must have the types RFC 7519 gives them, or the token is refused with the
+//! claim named: `exp`, `nbf` and `iat` are NumericDates (JSON numbers; a string `exp` would
+//! otherwise be a token that never expires), `iss`, `sub` and `jti` strings, `aud` a string or an
+//! array of strings; and the claims that pick the database role (`role`,
+//! `x-hasura-default-role`) are strings, so a malformed role is never silently `anon`.
+//!
 //! [`Claims`] reads both claim styles our users have: Supabase's (`role`, `sub`) and
 //! Hasura/nself's (`https://hasura.io/jwt/claims` with `x-hasura-*`).
 
@@ -31,6 +37,12 @@ pub enum JwtError {
     Expired { ago_secs: i64 },
     #[error("the token is not valid yet (nbf)")]
     NotYetValid,
+    /// A registered (or role) claim has the wrong JSON type.
+    #[error("the token's {claim:?} claim must be {expected}")]
+    BadClaim {
+        claim: &'static str,
+        expected: &'static str,
+    },
     #[error("the token's signature is invalid")]
     BadSignature,
     #[error("{0}-signed tokens are not accepted by this server")]
@@ -277,7 +289,41 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Refuses claims whose registered (or role) claims have the wrong JSON type (module docs).
+fn check_claim_types(claims: &Claims) -> Result<(), JwtError> {
+    const NUMERIC_DATE: &str = "a number (seconds since 1970-01-01, RFC 7519 NumericDate)";
+    const STRING: &str = "a string";
+    let bad = |claim, expected| Err(JwtError::BadClaim { claim, expected });
+    for claim in ["exp", "nbf", "iat"] {
+        if claims.0.get(claim).is_some_and(|v| !v.is_number()) {
+            return bad(claim, NUMERIC_DATE);
+        }
+    }
+    for claim in ["iss", "sub", "jti", "role"] {
+        if claims.0.get(claim).is_some_and(|v| !v.is_string()) {
+            return bad(claim, STRING);
+        }
+    }
+    match claims.0.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return bad("aud", "a string or an array of strings"),
+    }
+    if let Some(hasura) = claims.0.get(HASURA_CLAIMS) {
+        let Some(hasura) = hasura.as_object() else {
+            return bad(HASURA_CLAIMS, "an object");
+        };
+        for claim in ["x-hasura-default-role", "x-hasura-user-id"] {
+            if hasura.get(claim).is_some_and(|v| !v.is_string()) {
+                return bad(claim, STRING);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_times(claims: Claims) -> Result<Claims, JwtError> {
+    check_claim_types(&claims)?;
     let now = now();
     if let Some(exp) = claims.exp() {
         if now >= exp {
@@ -458,6 +504,52 @@ mod tests {
         let both = Verifier::new(Some(SECRET), Some(&jwks)).unwrap();
         assert!(both.verify(&rs).is_ok());
         assert!(both.verify(&hs(json!({"role": "anon"}))).is_ok());
+    }
+
+    #[test]
+    fn malformed_registered_claims_are_refused_with_the_claim_named() {
+        let verifier = Verifier::new(Some(SECRET), None).unwrap();
+        let refused = |body: Value| verifier.verify(&hs(body)).unwrap_err();
+        let far = (now() + 3600).to_string();
+        for (body, claim) in [
+            (json!({"role": "anon", "exp": far}), "exp"),
+            (json!({"role": "anon", "exp": null}), "exp"),
+            (json!({"role": "anon", "nbf": "0"}), "nbf"),
+            (json!({"role": "anon", "iat": [1]}), "iat"),
+            (json!({"role": 7}), "role"),
+            (json!({"role": {"name": "service_role"}}), "role"),
+            (json!({"role": "anon", "sub": 42}), "sub"),
+            (json!({"role": "anon", "iss": false}), "iss"),
+            (json!({"role": "anon", "aud": 1}), "aud"),
+            (json!({"role": "anon", "aud": ["a", 2]}), "aud"),
+            (
+                json!({HASURA_CLAIMS: {"x-hasura-default-role": 1}}),
+                "x-hasura-default-role",
+            ),
+            (json!({HASURA_CLAIMS: "user"}), HASURA_CLAIMS),
+        ] {
+            match refused(body.clone()) {
+                JwtError::BadClaim { claim: named, .. } => assert_eq!(named, claim, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            refused(json!({"exp": "1"})).to_string(),
+            "the token's \"exp\" claim must be a number (seconds since 1970-01-01, RFC 7519 NumericDate)"
+        );
+        // Well-typed claims, fractional dates and audience arrays included, are accepted.
+        let exp = now() as f64 + 60.5;
+        assert!(verifier
+            .verify(&hs(
+                json!({"role": "authenticated", "sub": "u", "exp": exp, "iat": 1.5,
+                               "aud": ["authenticated", "x"], "iss": "supabase"})
+            ))
+            .is_ok());
+        // A fractional exp in the past is still an expiry.
+        assert!(matches!(
+            verifier.verify(&hs(json!({"exp": now() as f64 - 10.5}))),
+            Err(JwtError::Expired { .. })
+        ));
     }
 
     #[test]
