@@ -246,7 +246,7 @@ impl ChangeFeeds {
     ) -> Arc<ChangeFeeds> {
         Arc::new(ChangeFeeds {
             log,
-            catalog: TableCatalog::new(pool.clone()),
+            catalog: TableCatalog::new(pool.clone(), roles.clone()),
             pool,
             roles,
             feeds: Mutex::new(HashMap::new()),
@@ -587,16 +587,26 @@ impl ChangeFeeds {
             let index = needs_check(event)
                 .then(|| owner_indexes.get(&(event.schema.as_str(), event.table.as_str())))
                 .flatten();
+            let info = tables
+                .get(&(event.schema.as_str(), event.table.as_str()))
+                .and_then(Option::as_ref);
             let mut consider = |s: usize, owner_admits: bool| {
                 let subscription = &subscriptions[s];
                 if subscription.failed() {
                     return;
                 }
                 let ids = matching_ids(&subscription.bindings, event);
-                if !ids.is_empty() {
-                    candidates.push((c, s, ids));
-                    admitted.push(owner_admits);
+                if ids.is_empty() {
+                    return;
                 }
+                // A role that may not SELECT from the table gets none of its changes, whether
+                // its binding names the table or `*`.
+                if !may_read(info, &subscription.identity(), &self.roles) {
+                    self.metrics.rls_denied_rows.inc();
+                    return;
+                }
+                candidates.push((c, s, ids));
+                admitted.push(owner_admits);
             };
             match index {
                 Some(index) => {
@@ -793,6 +803,14 @@ fn matching_ids(bindings: &[Binding], event: &ChangeEvent) -> Vec<u32> {
         })
         .map(|b| b.id)
         .collect()
+}
+
+/// Whether `identity`'s role may SELECT from the table of `info` (unknown facts: no).
+fn may_read(info: Option<&Arc<TableInfo>>, identity: &Identity, roles: &AllowedRoles) -> bool {
+    info.is_some_and(|info| {
+        crate::auth::session::role_of(&identity.claims, roles)
+            .is_ok_and(|role| info.readable_by(role))
+    })
 }
 
 fn committed_at_or_after(event: &ChangeEvent, since: time::OffsetDateTime) -> bool {

@@ -48,9 +48,18 @@ pub struct TableInfo {
     pub force_rls: bool,
     /// Roles with BYPASSRLS.
     pub bypass_roles: Vec<String>,
+    /// The roles of `REALTIME_DB_ROLES` that may SELECT from the table (`has_table_privilege`,
+    /// memberships and PUBLIC grants included). A change reaches only subscribers acting as one
+    /// of them, whatever their bindings name: `*` must not widen what a role may read.
+    pub readers: Vec<String>,
 }
 
 impl TableInfo {
+    /// Whether `role` may SELECT from the table.
+    pub fn readable_by(&self, role: &str) -> bool {
+        self.readers.iter().any(|r| r == role)
+    }
+
     /// The fast path for `role`, when the table's policies allow it ([`owner_rule`]).
     pub fn owner_rule(&self, role: &str) -> Option<OwnerRule> {
         if (role == self.owner && !self.force_rls) || self.bypass_roles.iter().any(|r| r == role) {
@@ -86,6 +95,8 @@ const MAX_VALUES: usize = 200_000;
 /// Cached [`TableInfo`]s, and the values of owner-rule expressions per claims.
 pub struct TableCatalog {
     pool: Pool,
+    /// The roles whose SELECT privilege [`TableInfo::readers`] records.
+    roles: Arc<AllowedRoles>,
     cache: Mutex<CatalogCache>,
     values: Arc<Mutex<ValueCache>>,
     /// Background refreshes of values in flight at most ([`REFRESH_SLOTS`]).
@@ -97,9 +108,10 @@ pub struct TableCatalog {
 const REFRESH_SLOTS: usize = 2;
 
 impl TableCatalog {
-    pub fn new(pool: Pool) -> TableCatalog {
+    pub fn new(pool: Pool, roles: Arc<AllowedRoles>) -> TableCatalog {
         TableCatalog {
             pool,
+            roles,
             cache: Mutex::new(HashMap::new()),
             values: Arc::new(Mutex::new(HashMap::new())),
             refreshes: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
@@ -207,10 +219,12 @@ impl TableCatalog {
                            FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
                         (SELECT coalesce(array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum), '{}')
                            FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-                        (SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_roles r WHERE r.rolbypassrls)
+                        (SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_roles r WHERE r.rolbypassrls),
+                        (SELECT coalesce(array_agg(r.rolname::text), '{}') FROM pg_roles r
+                          WHERE r.rolname = ANY($3) AND has_table_privilege(r.oid, c.oid, 'SELECT'))
                  FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
                  WHERE s.nspname = $1 AND c.relname = $2",
-                &[&schema, &table],
+                &[&schema, &table, &self.roles.names()],
             )
             .await
             .map_err(|e| RlsError::Unavailable(describe(&e)))?;
@@ -242,6 +256,7 @@ impl TableCatalog {
             owner: more.get(0),
             force_rls: more.get(1),
             bypass_roles: more.get(4),
+            readers: more.get(5),
         });
         self.cache
             .lock()
@@ -377,6 +392,7 @@ mod tests {
             owner: "postgres".into(),
             force_rls: false,
             bypass_roles: Vec::new(),
+            readers: Vec::new(),
         };
         assert_eq!(
             visibility_sql(&info),
