@@ -198,3 +198,126 @@ async fn wildcard_bindings_deliver_only_what_the_role_may_read() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// An `access_token` push is a new identity for the channel: if it may no longer read a table a
+/// binding names, or the private channel, the channel is closed with a `system` error saying
+/// why, never answered `ok`.
+#[tokio::test]
+async fn an_access_token_that_loses_access_closes_the_channel() {
+    let stack = Stack::start(1, &[]).await;
+    stack
+        .sql(
+            "CREATE TABLE public.staff (id bigserial PRIMARY KEY, note text);
+             GRANT SELECT ON public.staff TO authenticated;
+             INSERT INTO realtime.channels (name, slug, type) VALUES ('Team', 'team', 'private');
+             INSERT INTO realtime.channel_members (channel_id, user_id)
+                 SELECT id, 'member' FROM realtime.channels WHERE slug = 'team';",
+        )
+        .await;
+    stack.publish("public.staff").await;
+    let gateway = &stack.gateways[0];
+    let member = || token(json!({"role": "authenticated", "sub": "member"}));
+    let mut client = PhoenixClient::connect(&gateway.websocket_url(&member(), "1.0.0"))
+        .await
+        .unwrap();
+    let (table_ref, reply) = client
+        .join(
+            "realtime:staff",
+            json!({"config": {"postgres_changes": [
+                {"event": "*", "schema": "public", "table": "staff"}]}}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    client
+        .expect(|f| f.event == "system" && f.topic == "realtime:staff")
+        .await;
+    // A witness on the same table, whose token keeps its rights.
+    let (_, reply) = client
+        .join(
+            "realtime:witness",
+            json!({"config": {"postgres_changes": [
+                {"event": "*", "schema": "public", "table": "staff"}]}}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let (team_ref, reply) = client
+        .join("realtime:team", json!({"config": {"private": true}}))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    // A token that keeps every right is accepted.
+    let ref_ = client
+        .push(
+            Some(&table_ref),
+            "realtime:staff",
+            "access_token",
+            json!({"access_token": member()}),
+        )
+        .await;
+    assert_eq!(client.reply_to(&ref_).await["status"], "ok");
+
+    // anon may not SELECT from public.staff: the channel closes, naming the table.
+    client
+        .push(
+            Some(&table_ref),
+            "realtime:staff",
+            "access_token",
+            json!({"access_token": token(json!({"role": "anon"}))}),
+        )
+        .await;
+    let system = client
+        .expect(|f| f.event == "system" && f.topic == "realtime:staff")
+        .await;
+    assert_eq!(system.payload["status"], "error", "{system:?}");
+    assert!(
+        system.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not SELECT from public.staff"),
+        "{system:?}"
+    );
+    client
+        .expect(|f| f.event == "phx_close" && f.topic == "realtime:staff")
+        .await;
+    // Closed means closed: a row inserted now does not reach the client.
+    stack
+        .sql("INSERT INTO public.staff (note) VALUES ('after close')")
+        .await;
+
+    // Another user's token on the private channel: not a member, so the channel closes.
+    client
+        .push(
+            Some(&team_ref),
+            "realtime:team",
+            "access_token",
+            json!({"access_token": token(json!({"role": "authenticated", "sub": "outsider"}))}),
+        )
+        .await;
+    let system = client
+        .expect(|f| f.event == "system" && f.topic == "realtime:team")
+        .await;
+    assert_eq!(system.payload["status"], "error", "{system:?}");
+    assert!(
+        system.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("permission to join"),
+        "{system:?}"
+    );
+    // The witness gets the row; by then the closed channel would have had it too.
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.expect(|f| f.event == "postgres_changes").await;
+        let witnessed = frame.topic == "realtime:witness";
+        frames.push(frame);
+        if witnessed {
+            break;
+        }
+    }
+    assert!(
+        frames.iter().all(|f| f.topic != "realtime:staff"),
+        "a closed channel still delivers: {frames:?}"
+    );
+    let log = gateway.log();
+    assert!(log.contains("access_token lost access"), "{log}");
+}

@@ -496,6 +496,7 @@ impl Channels {
         let identity = match self.identity_for(Some(&token)) {
             Ok(identity) => identity,
             Err(Refusal(reason)) => {
+                tracing::info!(topic = %frame.topic, reason, "invalid access_token: channel closed");
                 self.shut(
                     &frame.topic,
                     &format!("Received an invalid access token: {reason}"),
@@ -504,12 +505,27 @@ impl Channels {
                 return;
             }
         };
-        let (slug, private) = {
+        let (slug, private, bindings) = {
             let joined = &self.joined[&frame.topic];
-            (joined.slug.clone(), joined.private)
+            let bindings: Vec<Binding> = joined
+                .feeds
+                .iter()
+                .flat_map(|(_, subscription)| subscription.bindings.iter().cloned())
+                .collect();
+            (joined.slug.clone(), joined.private, bindings)
         };
-        match self.authorize(&identity, &slug, private).await {
+        // The new claims must keep every right the join needed: the channel, and each table
+        // a binding names.
+        let authorized = match self.authorize(&identity, &slug, private).await {
+            Ok(access) => self
+                .check_tables(&identity, &bindings)
+                .await
+                .map(|()| access),
+            Err(refusal) => Err(refusal),
+        };
+        match authorized {
             Err(Refusal(reason)) => {
+                tracing::info!(topic = %frame.topic, reason, "access_token lost access: channel closed");
                 self.shut(&frame.topic, &reason).await;
             }
             Ok(access) => {
