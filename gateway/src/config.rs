@@ -21,6 +21,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_DB_POOL_SIZE: usize = 8;
 /// Frames one connection may have queued before it is closed as too slow.
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Default `REALTIME_WRITE_TIMEOUT`: longest a write to a socket may take before the client
+/// is dropped as not reading.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `REALTIME_MAX_MESSAGES_PER_MINUTE` (seed 002: 60 per connection per minute).
 pub const DEFAULT_MAX_MESSAGES_PER_MINUTE: u32 = 60;
 /// Default `REALTIME_MAX_PRESENCE_UPDATES_PER_MINUTE` (seed 002: 10).
@@ -65,6 +68,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     pub heartbeat_interval: Duration,
     pub send_queue: usize,
+    /// `REALTIME_WRITE_TIMEOUT`: every socket write's deadline.
+    pub write_timeout: Duration,
     /// `REALTIME_CORS_ORIGIN`: `*`, a comma list of origins, or none.
     pub cors_origin: Option<String>,
     /// The nself API's limits (Socket.IO and `/ws`).

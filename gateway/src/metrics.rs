@@ -42,6 +42,8 @@ pub struct Metrics {
     pub rooms_active: IntGauge,
     /// Seed 003: errors answered to clients, by `error_code`.
     pub errors_total: IntCounterVec,
+    /// Connections ended, by `reason` ([`crate::outbox::Disconnect`]).
+    pub disconnections_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -164,6 +166,24 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            disconnections_total: {
+                let vec = register(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "realtime_disconnections_total",
+                            "Connections ended, by why (client_closed, idle, slow_consumer, write_timeout, ...)",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid metric"),
+                );
+                // Every reason is exported from the start, at 0, so alerts can rate() them.
+                for cause in crate::outbox::Disconnect::ALL {
+                    vec.with_label_values(&[cause.label()]);
+                }
+                vec
+            },
             registry,
         }
     }

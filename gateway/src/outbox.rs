@@ -18,11 +18,85 @@ pub type ConnId = u64;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Why a connection is being closed by the server: a WebSocket close code and a reason.
+/// Why a connection is being closed by the server: a WebSocket close code, a reason for the
+/// client, and the cause (the `reason` label of `realtime_disconnections_total`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kick {
     pub code: u16,
     pub reason: String,
+    pub cause: Disconnect,
+}
+
+/// Why a connection ended, as a metric label and in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client closed, or asked to (a close frame, Socket.IO's disconnect packet).
+    ClientClosed,
+    /// No message from the client within the idle timeout.
+    Idle,
+    /// The send queue filled up: the client does not read fast enough.
+    SlowConsumer,
+    /// A write to the socket did not complete within `REALTIME_WRITE_TIMEOUT`.
+    WriteTimeout,
+    /// Writing to the socket failed (the peer is gone).
+    WriteFailed,
+    /// Reading from the socket failed, or the client broke the WebSocket protocol.
+    ReadFailed,
+    /// A message over `REALTIME_MAX_FRAME_BYTES`.
+    TooBig,
+    /// The connection's token expired.
+    TokenExpired,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 9] = [
+        Disconnect::ClientClosed,
+        Disconnect::Idle,
+        Disconnect::SlowConsumer,
+        Disconnect::WriteTimeout,
+        Disconnect::WriteFailed,
+        Disconnect::ReadFailed,
+        Disconnect::TooBig,
+        Disconnect::TokenExpired,
+        Disconnect::Shutdown,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Disconnect::ClientClosed => "client_closed",
+            Disconnect::Idle => "idle",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::WriteTimeout => "write_timeout",
+            Disconnect::WriteFailed => "write_failed",
+            Disconnect::ReadFailed => "read_failed",
+            Disconnect::TooBig => "too_big",
+            Disconnect::TokenExpired => "token_expired",
+            Disconnect::Shutdown => "shutdown",
+        }
+    }
+
+    /// The client is not reading: nothing more is worth sending it before the close.
+    pub fn client_stuck(self) -> bool {
+        matches!(self, Disconnect::SlowConsumer | Disconnect::WriteTimeout)
+    }
+}
+
+impl Kick {
+    pub fn new(cause: Disconnect, code: u16, reason: impl Into<String>) -> Kick {
+        Kick {
+            code,
+            reason: reason.into(),
+            cause,
+        }
+    }
+
+    /// The queue is full: close 1008, "too slow".
+    pub fn too_slow(why: &str) -> Kick {
+        Kick::new(Disconnect::SlowConsumer, 1008, format!("too slow: {why}"))
+    }
 }
 
 /// The sending side of one connection, shared by everything that pushes to it.
@@ -81,10 +155,9 @@ impl Outbox {
         }
         if queue.frames.len() >= self.capacity {
             drop(queue);
-            self.kick(Kick {
-                code: 1008,
-                reason: "too slow: the client did not read its messages fast enough".into(),
-            });
+            self.kick(Kick::too_slow(
+                "the client did not read its messages fast enough",
+            ));
             return false;
         }
         queue.frames.push_back(frame);
@@ -105,6 +178,11 @@ impl Outbox {
 
     pub fn is_kicked(&self) -> bool {
         self.kicked.load(Ordering::Relaxed)
+    }
+
+    /// The kick that won, once there was one.
+    pub fn kick_of(&self) -> Option<Kick> {
+        self.kick.lock().expect("kick lock").clone()
     }
 
     /// Whether the connection's writer is gone.

@@ -88,6 +88,9 @@ fn cors_layer(origin: Option<&str>) -> Option<CorsLayer> {
     )
 }
 
+/// Longest a graceful stop waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves until `shutdown` resolves, then closes every socket with 1001, removes this
 /// gateway's presence and stops.
 pub async fn serve(
@@ -112,8 +115,9 @@ pub async fn serve(
             closing.begin_shutdown();
         })
         .await;
-    // Connections close themselves on the shutdown signal; give them a moment to say goodbye.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Connections close themselves on the shutdown signal, each goodbye bounded by the
+    // writer's close deadline (1 s); a connection stuck past this grace is not waited for.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while gateway.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

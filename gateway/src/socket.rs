@@ -7,7 +7,7 @@
 //! its next deadline (token expiry, a Socket.IO ping), closes idle sockets, and on shutdown
 //! closes with 1001. Other tasks reach the client only through the outbox.
 
-use crate::outbox::{Kick, Outbox, OutboxReceiver};
+use crate::outbox::{Disconnect, Kick, Outbox, OutboxReceiver};
 use crate::phoenix::frame::OutFrame;
 use crate::state::{ConnectionSlot, Gateway};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -51,6 +51,11 @@ pub struct Peer {
 /// the gateway shuts down. `start` builds the session around the connection's outbox. The
 /// connection is in the gateway's [`crate::registry`] and event log meanwhile.
 ///
+/// The connection ends as soon as its writer does (a write past its deadline, a dead peer) or
+/// anything kicks it; then the session leaves its channels, and the socket and the connection
+/// slot are released. Every write has a deadline, so that takes a bounded time however
+/// silent the peer is.
+///
 /// Not an `async fn`: the setup runs now, and the returned future holds only what the
 /// connection needs while it lives (an async fn would keep its arguments, the whole socket
 /// among them, for the connection's life; that memory is paid per connection).
@@ -78,18 +83,20 @@ pub fn serve<S: Session + 'static>(
     );
     drop(peer);
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write(sink, receiver).instrument(span.clone()));
+    let deadlines = WriteDeadlines::new(gateway.config.write_timeout);
+    let mut writer = tokio::spawn(write(sink, receiver, deadlines).instrument(span.clone()));
     let mut session = start(outbox.clone());
     async move {
         let mut shutdown = gateway.shutdown_signal();
         let idle = session.idle_timeout();
+        let mut writer_done = false;
         loop {
             let deadline = session.next_deadline();
             tokio::select! {
                 message = tokio::time::timeout(idle, stream.next()) => {
                     let message = match message {
                         Err(_) => {
-                            outbox.kick(Kick { code: 1000, reason: format!("no message for {} s (send heartbeats)", idle.as_secs()) });
+                            outbox.kick(Kick::new(Disconnect::Idle, 1000, format!("no message for {} s (send heartbeats)", idle.as_secs())));
                             break;
                         }
                         Ok(None) => break,
@@ -117,19 +124,27 @@ pub fn serve<S: Session + 'static>(
                         break;
                     }
                 }
+                // Kicked from elsewhere (a full queue in the fanout, the writer's deadline).
+                _ = outbox.kicked() => break,
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
                 _ = shutdown.changed() => {
-                    outbox.kick(Kick { code: 1001, reason: "the server is shutting down".into() });
+                    outbox.kick(Kick::new(Disconnect::Shutdown, 1001, "the server is shutting down"));
                     break;
                 }
             }
         }
         Box::pin(session.finish()).await;
         // Make sure the writer ends even if nothing kicked it.
-        outbox.kick(Kick {
-            code: 1000,
-            reason: String::new(),
-        });
-        let _ = writer.await;
+        outbox.kick(Kick::new(Disconnect::ClientClosed, 1000, ""));
+        if !writer_done {
+            let _ = writer.await;
+        }
+        drop(stream);
+        let kick = outbox.kick_of();
+        record_disconnect(&gateway, kick.as_ref());
         let user = gateway.registry.close(outbox.id);
         gateway
             .events
@@ -137,6 +152,28 @@ pub fn serve<S: Session + 'static>(
         drop(slot);
     }
     .instrument(span)
+}
+
+/// Counts (and, when the server ended it, logs) how a connection ended.
+fn record_disconnect(gateway: &Gateway, kick: Option<&Kick>) {
+    let cause = kick.map_or(Disconnect::ClientClosed, |k| k.cause);
+    gateway
+        .metrics
+        .disconnections_total
+        .with_label_values(&[cause.label()])
+        .inc();
+    match (cause, kick) {
+        (Disconnect::ClientClosed | Disconnect::Shutdown, _) | (_, None) => {}
+        (
+            Disconnect::SlowConsumer | Disconnect::WriteTimeout | Disconnect::WriteFailed,
+            Some(kick),
+        ) => {
+            tracing::warn!(reason = cause.label(), code = kick.code, detail = %kick.reason, "client dropped");
+        }
+        (_, Some(kick)) => {
+            tracing::info!(reason = cause.label(), code = kick.code, detail = %kick.reason, "connection closed by the server");
+        }
+    }
 }
 
 /// Accepts the socket only to close it at once with a reason (the browser cannot read the body
@@ -165,66 +202,124 @@ fn read_error_kick(e: &axum::Error) -> Kick {
         || text.contains("too long")
         || text.contains("Message too big")
     {
-        Kick {
-            code: 1009,
-            reason: "message too big (REALTIME_MAX_FRAME_BYTES)".into(),
-        }
+        Kick::new(
+            Disconnect::TooBig,
+            1009,
+            "message too big (REALTIME_MAX_FRAME_BYTES)",
+        )
     } else {
-        Kick {
-            code: 1002,
-            reason: "protocol error".into(),
+        Kick::new(Disconnect::ReadFailed, 1002, "protocol error")
+    }
+}
+
+/// How long the writer may wait on the socket.
+#[derive(Debug, Clone, Copy)]
+struct WriteDeadlines {
+    /// One burst of frames written and flushed (`REALTIME_WRITE_TIMEOUT`).
+    burst: Duration,
+    /// The goodbye: what is still queued, the close frame and the TCP shutdown, all together.
+    /// Short, so a stuck peer cannot hold a closing connection (or a graceful stop) for long.
+    close: Duration,
+}
+
+/// Longest the goodbye of a closing connection may take.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+impl WriteDeadlines {
+    fn new(burst: Duration) -> WriteDeadlines {
+        WriteDeadlines {
+            burst,
+            close: CLOSE_DEADLINE.min(burst),
         }
     }
 }
 
-/// Drains the outbox onto the socket until the writer is kicked or the socket fails.
-async fn write(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut receiver: OutboxReceiver,
-) {
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Drains the outbox onto the socket until the connection is kicked, a write misses its
+/// deadline, or the socket fails; the last two kick the connection themselves, so its reader
+/// ends too.
+async fn write(mut sink: Sink, mut receiver: OutboxReceiver, deadlines: WriteDeadlines) {
     let outbox = receiver.outbox();
     loop {
         tokio::select! {
             biased;
-            frame = receiver.recv() => {
-                if sink.feed(to_message(frame)).await.is_err() {
-                    return;
-                }
-                // Take whatever else is queued before flushing: one write for a burst.
-                let mut batch = 1;
-                while batch < 64 {
-                    match receiver.try_recv() {
-                        Some(frame) => {
-                            if sink.feed(to_message(frame)).await.is_err() {
-                                return;
-                            }
-                            batch += 1;
-                        }
-                        None => break,
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
             kick = outbox.kicked() => {
-                // Flush what is already queued, then close with the reason.
-                while let Some(frame) = receiver.try_recv() {
-                    if sink.feed(to_message(frame)).await.is_err() {
+                goodbye(&mut sink, &mut receiver, kick, deadlines.close).await;
+                return;
+            }
+            frame = receiver.recv() => {
+                // A kick arriving while a write is stuck stops waiting for it.
+                let written = tokio::select! {
+                    biased;
+                    kick = outbox.kicked() => {
+                        goodbye(&mut sink, &mut receiver, kick, deadlines.close).await;
+                        return;
+                    }
+                    written = tokio::time::timeout(deadlines.burst, write_burst(&mut sink, &mut receiver, frame)) => written,
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        outbox.kick(Kick::new(Disconnect::WriteFailed, 1006, "the socket failed"));
+                        return;
+                    }
+                    Err(_) => {
+                        outbox.kick(Kick::new(
+                            Disconnect::WriteTimeout,
+                            1008,
+                            format!(
+                                "too slow: a write took more than {} ms (REALTIME_WRITE_TIMEOUT)",
+                                deadlines.burst.as_millis()
+                            ),
+                        ));
+                        // The peer is not reading; a close frame would not get through either.
                         return;
                     }
                 }
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: kick.code,
-                        reason: kick.reason.into(),
-                    })))
-                    .await;
-                let _ = sink.close().await;
-                return;
             }
         }
     }
+}
+
+/// Writes `first` and whatever else is queued (up to 64 frames), then flushes: one write for a
+/// burst.
+async fn write_burst(
+    sink: &mut Sink,
+    receiver: &mut OutboxReceiver,
+    first: OutFrame,
+) -> Result<(), axum::Error> {
+    sink.feed(to_message(first)).await?;
+    let mut batch = 1;
+    while batch < 64 {
+        match receiver.try_recv() {
+            Some(frame) => {
+                sink.feed(to_message(frame)).await?;
+                batch += 1;
+            }
+            None => break,
+        }
+    }
+    sink.flush().await
+}
+
+/// The end of a kicked connection, within `deadline`: what is already queued (unless the
+/// client is not reading anyway), then the close frame with the kick's code and reason.
+async fn goodbye(sink: &mut Sink, receiver: &mut OutboxReceiver, kick: Kick, deadline: Duration) {
+    let close = async {
+        if !kick.cause.client_stuck() {
+            while let Some(frame) = receiver.try_recv() {
+                sink.feed(to_message(frame)).await?;
+            }
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code: kick.code,
+            reason: kick.reason.into(),
+        })))
+        .await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(deadline, close).await;
 }
 
 fn to_message(frame: OutFrame) -> Message {

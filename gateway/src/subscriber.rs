@@ -81,11 +81,9 @@ impl Subscriber {
             }
             Gate::Held(_) => {
                 drop(gate);
-                self.outbox.kick(crate::outbox::Kick {
-                    code: 1008,
-                    reason: "too slow: too many messages arrived while the channel was joining"
-                        .into(),
-                });
+                self.outbox.kick(crate::outbox::Kick::too_slow(
+                    "too many messages arrived while the channel was joining",
+                ));
                 false
             }
             Gate::Closed => false,

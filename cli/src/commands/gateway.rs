@@ -82,6 +82,14 @@ pub struct GatewayArgs {
     /// Frames a connection may have queued before it is closed as too slow.
     #[arg(long = "realtime-send-queue", env = "REALTIME_SEND_QUEUE", default_value_t = defaults::DEFAULT_SEND_QUEUE)]
     pub send_queue: usize,
+    /// Longest a socket write may take before the client is dropped as not reading:
+    /// milliseconds (10000) or 10s.
+    #[arg(
+        long = "realtime-write-timeout",
+        env = "REALTIME_WRITE_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub write_timeout: String,
     /// Allowed CORS origins: *, or a comma list.
     #[arg(long = "realtime-cors-origin", env = "REALTIME_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -227,6 +235,8 @@ impl GatewayArgs {
             max_frame_bytes: self.max_frame_bytes,
             heartbeat_interval,
             send_queue: self.send_queue,
+            write_timeout: config::milliseconds("REALTIME_WRITE_TIMEOUT", &self.write_timeout)
+                .map_err(CliError::usage)?,
             cors_origin: self.cors_origin,
             max_connections_per_ip_per_minute: self.max_connections_per_ip_per_minute,
             trust_forwarded_for: boolean(

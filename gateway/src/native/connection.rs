@@ -27,7 +27,7 @@
 //! default) or the socket is closed as idle.
 
 use crate::auth::identity::Identity;
-use crate::outbox::{Kick, Outbox};
+use crate::outbox::{Disconnect, Kick, Outbox};
 use crate::phoenix::frame::OutFrame;
 use crate::rooms::request::{self, ApiError, ErrorCode};
 use crate::rooms::session::RoomSession;
@@ -181,10 +181,8 @@ impl Session for NativeSession {
                 "the token expired: reconnect with a fresh token",
             ),
         );
-        self.outbox.kick(Kick {
-            code: 1008,
-            reason: "token expired".into(),
-        });
+        self.outbox
+            .kick(Kick::new(Disconnect::TokenExpired, 1008, "token expired"));
     }
 
     async fn finish(&mut self) {

@@ -16,7 +16,7 @@
 
 use super::packet::{self, ClientPacket};
 use crate::auth::identity::Identity;
-use crate::outbox::{Kick, Outbox};
+use crate::outbox::{Disconnect, Kick, Outbox};
 use crate::rooms::request::{self, ApiError, ErrorCode};
 use crate::rooms::session::RoomSession;
 use crate::socket::{self, Session};
@@ -226,10 +226,10 @@ impl Session for SocketIoSession {
             }
             // Socket.IO clients buffer events until connected; anything earlier is a stray.
             ClientPacket::Event { .. } => {}
-            ClientPacket::Disconnect | ClientPacket::Close => self.outbox.kick(Kick {
-                code: 1000,
-                reason: String::new(),
-            }),
+            ClientPacket::Disconnect | ClientPacket::Close => {
+                self.outbox
+                    .kick(Kick::new(Disconnect::ClientClosed, 1000, ""))
+            }
             ClientPacket::Ping => {
                 self.outbox.send(packet::pong());
             }
@@ -253,10 +253,8 @@ impl Session for SocketIoSession {
                 "the token expired: reconnect with a fresh token",
             ));
             self.outbox.send(packet::disconnect());
-            self.outbox.kick(Kick {
-                code: 1008,
-                reason: "token expired".into(),
-            });
+            self.outbox
+                .kick(Kick::new(Disconnect::TokenExpired, 1008, "token expired"));
             return;
         }
         if now >= self.next_ping {
