@@ -141,12 +141,13 @@ pub struct HealthState {
     started: Instant,
     slot: String,
     database: tokio_postgres::Config,
-    bus: CdcBus,
+    /// The bus, once connected.
+    bus: std::sync::OnceLock<CdcBus>,
     monitor: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl HealthState {
-    pub fn new(slot: String, database: tokio_postgres::Config, bus: CdcBus) -> Self {
+    pub fn new(slot: String, database: tokio_postgres::Config) -> Self {
         HealthState {
             status: Mutex::new(Status {
                 last_confirmed: None,
@@ -156,9 +157,14 @@ impl HealthState {
             started: Instant::now(),
             slot,
             database,
-            bus,
+            bus: std::sync::OnceLock::new(),
             monitor: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The bus is connected: `/health` reports on it from now on.
+    pub fn set_bus(&self, bus: CdcBus) {
+        let _ = self.bus.set(bus);
     }
 
     /// Records the role. Reaching leader or standby means the last failure is over (a leader
@@ -234,10 +240,13 @@ impl HealthState {
         let view = tokio::time::timeout(Duration::from_secs(2), self.slot_view())
             .await
             .unwrap_or_else(|_| Err("timed out after 2 s".into()));
-        let nats_connected = self.bus.is_connected();
-        let nats = match self.bus {
-            CdcBus::Nats(_) => json!({"connected": nats_connected}),
-            CdcBus::InProcess { .. } => json!({"connected": nats_connected, "in_process": true}),
+        let nats_connected = self.bus.get().is_some_and(CdcBus::is_connected);
+        let nats = match self.bus.get() {
+            None => json!({"connected": false}),
+            Some(CdcBus::Nats(_)) => json!({"connected": nats_connected}),
+            Some(CdcBus::InProcess { .. }) => {
+                json!({"connected": nats_connected, "in_process": true})
+            }
         };
         let role = self.role();
         let (last_confirmed, last_error) = {

@@ -8,11 +8,15 @@
 //! [`CdcBus`], which every part of the service holds; only the NATS variant has a connection to
 //! watch, a server `max_payload` and a stream to create.
 //!
-//! Startup problems a person must fix (unreachable Postgres or NATS, `wal_level` not logical,
-//! missing privileges, a port in use) are [`StartError::Config`], which the binary turns into
-//! exit code 2 and one line naming the fix. Once running, nothing is fatal: a lost Postgres or
-//! NATS degrades health and is retried with capped backoff, and a slot streamed by another
-//! process makes this one a hot standby that retries every [`STANDBY_RETRY`].
+//! Startup problems a person must fix (`wal_level` not logical, missing privileges, wrong
+//! credentials, a missing database or schema, NATS without JetStream, a port in use) are
+//! [`StartError::Config`], which the binary turns into exit code 2 and one line naming the fix.
+//! An unreachable Postgres or NATS is not one of them: it is an outage like any later one, so
+//! the service binds its ports, reports `degraded` on `/health` and waits for the dependency
+//! with capped backoff ([`until_available`]), then starts streaming. Once running, nothing is
+//! fatal: a lost Postgres or NATS degrades health and is retried with capped backoff, and a slot
+//! streamed by another process makes this one a hot standby that retries every
+//! [`STANDBY_RETRY`].
 
 use crate::health::{self, CdcMetrics, HealthState, Role};
 use crate::pipeline::{self, Session, SessionError};
@@ -102,14 +106,18 @@ impl CdcBus {
             BusConfig::Nats { url } => {
                 let nats = nself_realtime_shared::nats::connect(url, "nself-realtime-cdc")
                     .await
-                    .map_err(|e| StartError::Config(e.to_string()))?;
+                    .map_err(StartError::nats_connect)?;
                 let js = async_nats::jetstream::new(nats.clone());
+                let hint =
+                    "NATS_URL must point at a server with JetStream enabled (nats-server -js)";
                 publisher::ensure_stream(&js, settings)
                     .await
-                    .map_err(|e| {
-                        StartError::Config(format!(
-                            "{e}; NATS_URL must point at a server with JetStream enabled (nats-server -js)"
-                        ))
+                    .map_err(|e| match e {
+                        // Nobody answers JetStream requests: the server runs without it.
+                        e if e.to_string().contains("no responders") => {
+                            StartError::Config(format!("{e}; {hint}"))
+                        }
+                        e => StartError::Unavailable(format!("{e} ({hint})")),
                     })?;
                 Ok(CdcBus::Nats(nats))
             }
@@ -147,16 +155,8 @@ impl CdcBus {
     }
 }
 
-/// Why the service could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration or environment; the message names the fix.
-    #[error("{0}")]
-    Config(String),
-    /// Anything else.
-    #[error("{0}")]
-    Runtime(String),
-}
+use nself_realtime_shared::startup::until_available;
+pub use nself_realtime_shared::startup::{backoff, StartError};
 
 /// Checks the database can be replicated by this role and prepares the publications.
 async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
@@ -164,16 +164,12 @@ async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
         .database
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| {
-            StartError::Config(format!(
-                "cannot connect to DATABASE_URL ({}); check host, port, user, password and database name",
-                describe(&e)
-            ))
-        })?;
+        .map_err(|e| StartError::postgres_connect(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let query_failed = |e: tokio_postgres::Error| StartError::Runtime(describe(&e));
+    // The connection was lost half way through the checks.
+    let query_failed = |e: tokio_postgres::Error| StartError::Unavailable(describe(&e));
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -233,26 +229,24 @@ async fn bind(addr: SocketAddr, var: &str) -> Result<TcpListener, StartError> {
 
 /// Runs the CDC until `shutdown` completes.
 pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    check_postgres(&config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
     let settings = StreamSettings {
         message_ttl: config.message_ttl,
         replicas: config.stream_replicas,
     };
-    let bus = CdcBus::connect(&config.bus, &settings).await?;
     let http = bind(config.http_addr, "REALTIME_CDC_HTTP_PORT").await?;
     let wire_listener = bind(config.wire_addr, "REALTIME_CDC_PORT").await?;
 
+    // /health answers from the start: degraded while Postgres or NATS is not there yet.
     let metrics = Arc::new(CdcMetrics::new());
     let health = Arc::new(HealthState::new(
         config.slot.clone(),
         config.database.clone(),
-        bus.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-
     let stop_rx_http = stop_rx.clone();
     let router = health::router(health.clone(), metrics.clone());
     let http_task = tokio::spawn(async move {
@@ -260,6 +254,31 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
             .with_graceful_shutdown(stopped(stop_rx_http))
             .await
     });
+
+    let dependencies = async {
+        let outage = |why: &str| health.error(why.to_string());
+        if until_available("Postgres", &mut shutdown, outage, || {
+            check_postgres(&config)
+        })
+        .await?
+        .is_none()
+        {
+            return Ok(None);
+        }
+        until_available("NATS", &mut shutdown, outage, || {
+            CdcBus::connect(&config.bus, &settings)
+        })
+        .await
+    };
+    let bus = match dependencies.await {
+        Ok(Some(bus)) => bus,
+        stopped_or_failed => {
+            let _ = stop_tx.send(true);
+            let _ = http_task.await;
+            return stopped_or_failed.map(|_| ());
+        }
+    };
+    health.set_bus(bus.clone());
     let wire_task = tokio::spawn(wire::serve(
         wire_listener,
         wire::WireConfig {
@@ -294,7 +313,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         health: health.clone(),
         server_sequence: std::sync::Mutex::new(None),
     };
-    replicate(&session, shutdown).await;
+    replicate(&session, &mut shutdown).await;
 
     health.set_role(Role::Starting);
     let _ = stop_tx.send(true);
@@ -350,34 +369,6 @@ pub async fn replicate(session: &Session, shutdown: impl Future<Output = ()>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return,
-        }
-    }
-}
-
-/// Capped exponential backoff with jitter: 100 ms, 200 ms, ... up to 5 s, each ±20 %.
-pub fn backoff(failures: u32) -> Duration {
-    let base = (100u64 << failures.min(6)).min(5_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = (u64::from(nanos) % (base * 2 / 5 + 1)) as i64 - (base / 5) as i64;
-    Duration::from_millis((base as i64 + jitter).max(1) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for failures in 0..20 {
-            let wait = backoff(failures).as_millis();
-            let base = (100u128 << failures.min(6)).min(5_000);
-            assert!(
-                wait >= base * 4 / 5 && wait <= base * 6 / 5,
-                "{failures}: {wait}"
-            );
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod rooms;
 pub mod server;
 pub mod socket;
 pub mod socketio;
+pub mod starting;
 pub mod state;
 pub mod subscriber;
 pub mod typing;

@@ -9,7 +9,8 @@
 //! | `GET /ws` | the plain WebSocket JSON protocol (seed 004) |
 //! | `GET /api/messages/{channel}`, `GET /realtime/v1/api/messages/{channel}` | message history under RLS ([`crate::history`]) |
 //! | `POST /api/control` | the operators' API ([`crate::control`], `service_role` only) |
-//! | `GET /health`, `GET /metrics` | health JSON, Prometheus text |
+//! | `GET /health`, `/health/ready`, `/health/live` | health JSON (readiness; liveness) |
+//! | `GET /metrics` | Prometheus text |
 //!
 //! Handlers are thin: they check the upgrade (connections per IP, the token it carries) and
 //! hand over to [`crate::phoenix`], [`crate::socketio`], [`crate::native`] or [`crate::rest`].
@@ -62,6 +63,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(crate::history::messages),
         )
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(live))
         .route("/metrics", get(metrics));
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
         router = router.layer(cors);
@@ -397,6 +400,7 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     let body = json!({
         "status": status,
         "role": "gateway",
+        "ready": true,
         "gateway_id": format!("{:016x}", gateway.id),
         "connections": gateway.connection_count(),
         "max_connections": gateway.config.max_connections,
@@ -411,6 +415,15 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// Liveness: the process serves requests (readiness is `/health`).
+async fn live() -> Response {
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ok", "role": "gateway"})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres_error;
 pub mod sql;
+pub mod startup;
 pub mod subject;

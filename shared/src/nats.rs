@@ -21,6 +21,21 @@ pub enum NatsConnectError {
     },
 }
 
+impl NatsConnectError {
+    /// Whether the settings are wrong (a bad URL, credentials or TLS setup the server refuses),
+    /// as against NATS not being reachable now, which is worth waiting for.
+    pub fn is_configuration(&self) -> bool {
+        use async_nats::ConnectErrorKind as K;
+        match self {
+            NatsConnectError::BadUrl(_) => true,
+            NatsConnectError::Connect { source, .. } => matches!(
+                source.kind(),
+                K::ServerParse | K::Authentication | K::AuthorizationViolation | K::Tls
+            ),
+        }
+    }
+}
+
 /// Credentials found in a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Credentials {

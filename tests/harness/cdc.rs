@@ -106,6 +106,11 @@ impl CdcProcess {
         self.process.terminate()
     }
 
+    /// Whether the process is still running.
+    pub fn running(&self) -> bool {
+        self.process.running()
+    }
+
     /// The process' log so far (stdout and stderr).
     pub fn log(&self) -> String {
         self.process.log()

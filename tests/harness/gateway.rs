@@ -18,12 +18,19 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts a gateway for `db` on `nats`, with extra env overrides; returns once `/health`
-    /// answers.
+    /// answers ready.
     pub async fn start(
         db: &TestDb,
         nats: &NatsAccount,
         extra_env: &[(&str, &str)],
     ) -> GatewayProcess {
+        let gateway = GatewayProcess::spawn(db, nats, extra_env);
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// Starts a gateway without waiting for it (for tests whose dependencies are down).
+    pub fn spawn(db: &TestDb, nats: &NatsAccount, extra_env: &[(&str, &str)]) -> GatewayProcess {
         let port = free_port();
         let env = [
             ("DATABASE_URL", db.url.as_str()),
@@ -38,19 +45,22 @@ impl GatewayProcess {
             ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        let gateway = GatewayProcess {
+        GatewayProcess {
             process: ServiceProcess::start("gateway", &env, extra_env),
             port,
-        };
-        gateway.wait_ready().await;
-        gateway
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&self) -> bool {
+        self.process.running()
     }
 
     /// Waits until `/health` answers.
     pub async fn wait_ready(&self) {
         self.process
             .wait_for_health(self.port, Duration::from_secs(30), |body| {
-                body["role"] == "gateway"
+                body["role"] == "gateway" && body["ready"] == true
             })
             .await;
     }

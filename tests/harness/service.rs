@@ -113,6 +113,20 @@ impl ServiceProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the process is still running (an exited child not yet reaped is a zombie in
+    /// /proc: that counts as exited).
+    pub fn running(&self) -> bool {
+        self.pid().is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                    Some(state != 'Z' && state != 'X')
+                })
+                .unwrap_or(false)
+        })
+    }
+
     /// The process' log so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -133,9 +147,9 @@ impl ServiceProcess {
                     return start.elapsed();
                 }
             }
-            if let Some(id) = self.pid() {
+            if self.pid().is_some() {
                 assert!(
-                    std::path::Path::new(&format!("/proc/{id}")).exists(),
+                    self.running(),
                     "nself-realtime {} exited; log:\n{}",
                     self.subcommand,
                     self.log()

@@ -48,18 +48,20 @@ async fn bad_database_url_exits_2() {
         cdc_with(&[("DATABASE_URL", "not a url"), ("NATS_URL", &nats.url)]),
         "DATABASE_URL",
     );
-    let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    // A server that answers and refuses the settings is a configuration error (an unreachable
+    // one is an outage the CDC waits for: tests/reliability_startup.rs).
+    let missing = Postgres::shared().url("no_such_database");
     assert_fix(
-        cdc_with(&[("DATABASE_URL", &closed), ("NATS_URL", &nats.url)]),
+        cdc_with(&[("DATABASE_URL", &missing), ("NATS_URL", &nats.url)]),
         "DATABASE_URL",
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unreachable_nats_exits_2() {
+async fn refused_nats_credentials_exit_2() {
     let db = Postgres::shared().fresh_database().await;
     init(&db);
-    let nats = format!("nats://127.0.0.1:{}", free_port());
+    let nats = format!("nats://nobody:wrong@127.0.0.1:{}", Nats::shared().port());
     assert_fix(
         cdc_with(&[("DATABASE_URL", &db.url), ("NATS_URL", &nats)]),
         "NATS_URL",

@@ -3,7 +3,7 @@
 
 use crate::exit::CliError;
 use anyhow::anyhow;
-use nself_realtime_cdc::service::{self, BusConfig, CdcConfig, StartError};
+use nself_realtime_cdc::service::{self, BusConfig, CdcConfig};
 use nself_realtime_shared::config;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -117,9 +117,7 @@ impl Args {
 
 pub async fn run(args: Args) -> Result<(), CliError> {
     let config = args.into_config()?;
-    match service::run(config, super::gateway::shutdown_signal()).await {
-        Ok(()) => Ok(()),
-        Err(e @ StartError::Config(_)) => Err(CliError::usage(e)),
-        Err(e @ StartError::Runtime(_)) => Err(CliError::runtime(e)),
-    }
+    service::run(config, super::gateway::shutdown_signal())
+        .await
+        .map_err(super::gateway::start_failure)
 }

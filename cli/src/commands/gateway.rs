@@ -6,10 +6,12 @@ use crate::exit::CliError;
 use anyhow::anyhow;
 use nself_realtime_gateway::auth::session::AllowedRoles;
 use nself_realtime_gateway::config::{self as defaults, GatewayConfig, NselfLimits};
+use nself_realtime_gateway::starting::{while_starting, Starting};
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_shared::bus::{JetStreamChangeLog, KvPresence, NatsBroker};
 use nself_realtime_shared::config;
 use nself_realtime_shared::jwt::{self, Verifier};
+use nself_realtime_shared::startup::{until_available, StartError};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -278,30 +280,39 @@ pub struct Args {
     gateway: GatewayArgs,
 }
 
-/// The NATS backends of a gateway.
+/// The NATS backends of a gateway. An unreachable NATS is [`StartError::Unavailable`] (worth
+/// waiting for); refused credentials or a server without JetStream are configuration errors.
 pub async fn nats_backends(
     nats_url: &str,
     heartbeat: std::time::Duration,
     replicas: usize,
-) -> Result<Backends, CliError> {
+) -> Result<Backends, StartError> {
     let client = nself_realtime_shared::nats::connect(nats_url, "nself-realtime-gateway")
         .await
-        .map_err(CliError::usage)?;
+        .map_err(StartError::nats_connect)?;
     let js = async_nats::jetstream::new(client.clone());
     // Entries are refreshed every heartbeat/2; the bucket only needs to outlive that to
     // collect what dead gateways leave.
+    let hint = "check that nats-server runs with JetStream (-js)";
     let presence = KvPresence::open(js.clone(), heartbeat * 3, replicas)
         .await
-        .map_err(|e| {
-            CliError::usage(anyhow!(
-                "{e}; check that nats-server runs with JetStream (-js)"
-            ))
+        .map_err(|e| match e.to_string() {
+            text if text.contains("no responders") => StartError::Config(format!("{text}; {hint}")),
+            text => StartError::Unavailable(format!("{text} ({hint})")),
         })?;
     Ok(Backends {
         broker: Arc::new(NatsBroker::new(client)),
         changes: Arc::new(JetStreamChangeLog::new(js)),
         presence: Arc::new(presence),
     })
+}
+
+/// A startup failure as the binary reports it: configuration exits 2, the rest 1.
+pub fn start_failure(e: StartError) -> CliError {
+    match e {
+        StartError::Config(_) => CliError::usage(e),
+        StartError::Unavailable(_) | StartError::Runtime(_) => CliError::runtime(e),
+    }
 }
 
 /// Binds the gateway's port; a port in use is a configuration problem. Every connection is a
@@ -357,16 +368,31 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         )));
     }
     let (config, verifier, roles) = args.gateway.into_parts(database)?;
-    let backends = nats_backends(
-        &args.nats_url,
-        config.heartbeat_interval,
-        args.stream_replicas,
-    )
-    .await?;
     let listener = bind(config.listen).await?;
     tracing::info!(listen = %config.listen, "gateway listening");
+    // NATS may not be up yet: wait for it (the port answers 503 meanwhile), unless told to stop.
+    let mut shutdown = Box::pin(shutdown_signal());
+    let starting = Starting::default();
+    let wait = until_available(
+        "NATS",
+        &mut shutdown,
+        |why| starting.set(why),
+        || {
+            nats_backends(
+                &args.nats_url,
+                config.heartbeat_interval,
+                args.stream_replicas,
+            )
+        },
+    );
+    let (backends, listener) = while_starting(listener, starting.clone(), wait)
+        .await
+        .map_err(|e| CliError::runtime(anyhow!("cannot serve while starting: {e}")))?;
+    let Some(backends) = backends.map_err(start_failure)? else {
+        return Ok(());
+    };
     let gateway = Gateway::new(config, verifier, roles, backends);
-    nself_realtime_gateway::server::serve(listener, gateway, shutdown_signal())
+    nself_realtime_gateway::server::serve(listener, gateway, shutdown)
         .await
         .map_err(|e| CliError::runtime(anyhow!("the gateway stopped: {e}")))
 }

@@ -10,7 +10,7 @@
 //! Ctrl-C (or SIGTERM) stops the gateway, the CDC and the local Postgres.
 
 use super::cdc::{Stream, StreamArgs};
-use super::gateway::{bind, nats_backends, shutdown_signal, GatewayArgs};
+use super::gateway::{bind, nats_backends, shutdown_signal, start_failure, GatewayArgs};
 use super::token::{kept_secret, mint};
 use crate::exit::CliError;
 use anyhow::{anyhow, Context};
@@ -136,7 +136,9 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     // The bus.
     let (backends, bus) = match &args.nats_url {
         Some(url) => (
-            nats_backends(url, gateway_config.heartbeat_interval, 1).await?,
+            nats_backends(url, gateway_config.heartbeat_interval, 1)
+                .await
+                .map_err(start_failure)?,
             BusConfig::Nats { url: url.clone() },
         ),
         None => {
