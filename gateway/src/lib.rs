@@ -19,6 +19,7 @@ pub mod control;
 pub mod db;
 pub mod event_log;
 pub mod history;
+pub mod json_input;
 pub mod messages;
 pub mod metrics;
 pub mod native;

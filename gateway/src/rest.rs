@@ -97,6 +97,21 @@ async fn may_send(
     }
 }
 
+/// A JSON request body under the gateway's JSON rules ([`crate::json_input`]).
+fn client_json(body: &Bytes) -> Result<Bytes, Refusal> {
+    let bad = |why: String| {
+        refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {why}"),
+        )
+    };
+    let text = std::str::from_utf8(body).map_err(|e| bad(e.to_string()))?;
+    match crate::json_input::prepare(text).map_err(|e| bad(e.to_string()))? {
+        std::borrow::Cow::Borrowed(_) => Ok(body.clone()),
+        std::borrow::Cow::Owned(repaired) => Ok(Bytes::from(repaired)),
+    }
+}
+
 fn valid_name(what: &str, name: &str) -> Result<(), Refusal> {
     if name.is_empty() || name.len() > 255 {
         return Err(refusal(
@@ -133,6 +148,7 @@ pub async fn broadcast_batch(
             "request body too large (REALTIME_MAX_FRAME_BYTES)",
         ));
     }
+    let body = client_json(&body)?;
     let batch: Batch = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(e) => {
@@ -196,6 +212,7 @@ pub async fn broadcast_one(
     let payload = if binary {
         BroadcastPayload::Binary(body)
     } else {
+        let body = client_json(&body)?;
         if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return Err(refusal(
                 StatusCode::BAD_REQUEST,

@@ -130,7 +130,10 @@ impl Session for NativeSession {
             );
             return;
         };
-        let value: Value = match serde_json::from_str(text.as_str()) {
+        let parsed = crate::json_input::prepare(text.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()));
+        let value = match parsed {
             Ok(value) => value,
             Err(e) => return self.reject(None, format!("invalid JSON: {e}")),
         };

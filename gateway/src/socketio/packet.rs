@@ -119,7 +119,9 @@ pub fn decode(text: &str) -> Result<ClientPacket, PacketError> {
         if body.is_empty() {
             return Ok(None);
         }
-        serde_json::from_str(body)
+        let body =
+            crate::json_input::prepare(body).map_err(|e| PacketError::Json(e.to_string()))?;
+        serde_json::from_str(&body)
             .map(Some)
             .map_err(|e| PacketError::Json(e.to_string()))
     };
