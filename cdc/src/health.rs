@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::metrics;
+use nself_realtime_shared::postgres_tls::Database;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -140,13 +141,13 @@ pub struct HealthState {
     role: tokio::sync::watch::Sender<Role>,
     started: Instant,
     slot: String,
-    database: tokio_postgres::Config,
+    database: Database,
     bus: CdcBus,
     monitor: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl HealthState {
-    pub fn new(slot: String, database: tokio_postgres::Config, bus: CdcBus) -> Self {
+    pub fn new(slot: String, database: Database, bus: CdcBus) -> Self {
         HealthState {
             status: Mutex::new(Status {
                 last_confirmed: None,
@@ -196,7 +197,7 @@ impl HealthState {
         if monitor.as_ref().is_none_or(|c| c.is_closed()) {
             let (client, connection) = self
                 .database
-                .connect(tokio_postgres::NoTls)
+                .connect()
                 .await
                 .map_err(|e| crate::postgres_error::describe(&e))?;
             tokio::spawn(async move {

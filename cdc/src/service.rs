@@ -20,6 +20,7 @@ use crate::postgres_error::describe;
 use crate::publisher::{self, StreamSettings};
 use crate::{notify, publications, wire};
 use nself_realtime_shared::bus::{Broker, MemoryBroker, MemoryChangeLog, NatsBroker};
+use nself_realtime_shared::postgres_tls::Database;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// Everything the CDC needs, already parsed and validated by the binary.
 #[derive(Debug, Clone)]
 pub struct CdcConfig {
-    pub database: tokio_postgres::Config,
+    /// `DATABASE_URL`, TLS included.
+    pub database: Database,
     /// Where change events and NOTIFY payloads go.
     pub bus: BusConfig,
     pub slot: String,
@@ -160,11 +162,7 @@ pub enum StartError {
 
 /// Checks the database can be replicated by this role and prepares the publications.
 async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
-    let (client, connection) = config
-        .database
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
+    let (client, connection) = config.database.connect().await.map_err(|e| {
             StartError::Config(format!(
                 "cannot connect to DATABASE_URL ({}); check host, port, user, password and database name",
                 describe(&e)

@@ -321,11 +321,14 @@ impl TlsPolicy {
     }
 }
 
+/// A TLS connection over `S` (the client side of tokio-rustls).
+pub use tokio_rustls::client::TlsStream;
+
 /// A stream after [`TlsPolicy::negotiate`].
 #[derive(Debug)]
 pub enum Negotiated<S> {
     Plain(S),
-    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+    Tls(Box<TlsStream<S>>),
 }
 
 async fn handshake<S>(
