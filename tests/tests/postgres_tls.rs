@@ -53,8 +53,7 @@ async fn every_sslmode_against_a_tls_only_server() {
 
     let err = try_connect(&format!("{}?sslmode=disable", db.url))
         .await
-        .err()
-        .expect("hostnossl is rejected");
+        .expect_err("hostnossl is rejected");
     assert!(
         err.contains("no encryption") && err.contains("sslmode=require"),
         "{err}"
@@ -90,8 +89,7 @@ async fn every_sslmode_against_a_tls_only_server() {
         .expect("verify-ca does not check the name");
     let err = try_connect(&wrong_name("verify-full"))
         .await
-        .err()
-        .expect("verify-full checks the name");
+        .expect_err("verify-full checks the name");
     assert!(
         err.contains("TLS handshake") && err.contains("db.invalid"),
         "{err}"
