@@ -146,6 +146,8 @@ pub enum TlsError {
         #[source]
         source: io::Error,
     },
+    #[error("TLS was attempted with sslmode=disable")]
+    Disabled,
     #[error("sending the SSLRequest: {0}")]
     Io(#[from] io::Error),
 }
@@ -538,7 +540,7 @@ where
         Box::pin(async move {
             // tokio-postgres only gets here with a mode other than disable, which always has a
             // client configuration; the check keeps that an error rather than a panic.
-            let client = self.client.ok_or(TlsError::NotOffered("disable"))?;
+            let client = self.client.ok_or(TlsError::Disabled)?;
             Ok(RustlsStream(handshake(client, &self.host, stream).await?))
         })
     }
@@ -635,24 +637,18 @@ impl Database {
         Ok(Database { config, tls })
     }
 
-    /// A config built in code, with the TLS its `ssl_mode` says and no certificate check
-    /// (tokio-postgres' modes: disable, prefer, require).
-    pub fn from_config(mut config: tokio_postgres::Config) -> Database {
+    /// A config built in code, with the TLS its `ssl_mode` says (tokio-postgres' modes:
+    /// disable, prefer, require) and no certificate check: no root certificate is read.
+    pub fn from_config(config: tokio_postgres::Config) -> Database {
         let mode = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Disable => SslMode::Disable,
             tokio_postgres::config::SslMode::Require => SslMode::Require,
             _ => SslMode::Prefer,
         };
-        let tls = TlsPolicy::new(Some(mode), None).unwrap_or_else(|_| TlsPolicy::disabled());
-        config.ssl_mode(tls.tokio_postgres_mode());
+        let tls = TlsPolicy::with_default_root(Some(mode), None, None).expect(
+            "without root certificates only the protocol versions can fail, and ring has them",
+        );
         Database { config, tls }
-    }
-
-    /// Replaces the TLS policy.
-    pub fn with_tls(mut self, tls: TlsPolicy) -> Database {
-        self.config.ssl_mode(tls.tokio_postgres_mode());
-        self.tls = tls;
-        self
     }
 
     pub fn config(&self) -> &tokio_postgres::Config {
