@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::metrics;
+use nself_realtime_shared::postgres_tls::Database;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -140,14 +141,14 @@ pub struct HealthState {
     role: tokio::sync::watch::Sender<Role>,
     started: Instant,
     slot: String,
-    database: tokio_postgres::Config,
+    database: Database,
     /// The bus, once connected.
     bus: std::sync::OnceLock<CdcBus>,
     monitor: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl HealthState {
-    pub fn new(slot: String, database: tokio_postgres::Config) -> Self {
+    pub fn new(slot: String, database: Database) -> Self {
         HealthState {
             status: Mutex::new(Status {
                 last_confirmed: None,
@@ -202,7 +203,7 @@ impl HealthState {
         if monitor.as_ref().is_none_or(|c| c.is_closed()) {
             let (client, connection) = self
                 .database
-                .connect(tokio_postgres::NoTls)
+                .connect()
                 .await
                 .map_err(|e| crate::postgres_error::describe(&e))?;
             tokio::spawn(async move {

@@ -16,6 +16,7 @@ use crate::postgres_error::describe;
 use crate::sql::quote_ident;
 use futures::StreamExt;
 use nself_realtime_shared::bus::Broker;
+use nself_realtime_shared::postgres_tls::Database;
 use nself_realtime_shared::subject;
 use std::sync::Arc;
 
@@ -34,7 +35,7 @@ pub fn body(payload: &str) -> bytes::Bytes {
 
 /// Runs the bridge whenever `role` is [`Role::Leader`], until `role`'s sender is dropped.
 pub async fn run(
-    database: tokio_postgres::Config,
+    database: Database,
     channels: Vec<String>,
     broker: Arc<dyn Broker>,
     metrics: Arc<CdcMetrics>,
@@ -70,17 +71,16 @@ pub async fn run(
 
 /// One connection's worth of bridging; returns when the connection ends.
 async fn bridge(
-    database: &tokio_postgres::Config,
+    database: &Database,
     channels: &[String],
     broker: &dyn Broker,
     metrics: &CdcMetrics,
 ) -> Result<(), String> {
-    let mut config = database.clone();
-    config.application_name("nself-realtime-notify");
-    let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| describe(&e))?;
+    let mut database = database.clone();
+    database
+        .config_mut()
+        .application_name("nself-realtime-notify");
+    let (client, mut connection) = database.connect().await.map_err(|e| describe(&e))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

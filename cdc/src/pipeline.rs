@@ -26,6 +26,7 @@ use crate::publisher::{self, PublishError, Publisher, StreamSettings, Target};
 use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
 use crate::service::CdcBus;
 use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::postgres_tls::Database;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -41,7 +42,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a session needs; shared by every session of the process.
 pub struct Session {
-    pub database: tokio_postgres::Config,
+    pub database: Database,
     pub slot: String,
     pub publications: Vec<String>,
     pub bus: CdcBus,
@@ -79,14 +80,9 @@ fn postgres(e: tokio_postgres::Error) -> SessionError {
     SessionError::Postgres(describe(&e))
 }
 
-/// Opens a plain connection (type lookups, the slot's confirmed LSN).
-async fn plain_connection(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, SessionError> {
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(postgres)?;
+/// Opens an ordinary (non-replication) connection (type lookups, the slot's confirmed LSN).
+async fn plain_connection(database: &Database) -> Result<tokio_postgres::Client, SessionError> {
+    let (client, connection) = database.connect().await.map_err(postgres)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -103,8 +99,8 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
             o.setting(*name, *value)
         });
     let mut database = s.database.clone();
-    if database.get_application_name().is_none() {
-        database.application_name("nself-realtime-cdc");
+    if database.config().get_application_name().is_none() {
+        database.config_mut().application_name("nself-realtime-cdc");
     }
     let mut client = ReplicationClient::connect(&database, &options).await?;
     client.create_slot_if_missing(&s.slot).await?;

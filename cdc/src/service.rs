@@ -24,6 +24,7 @@ use crate::postgres_error::describe;
 use crate::publisher::{self, StreamSettings};
 use crate::{notify, publications, wire};
 use nself_realtime_shared::bus::{Broker, MemoryBroker, MemoryChangeLog, NatsBroker};
+use nself_realtime_shared::postgres_tls::Database;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +38,8 @@ pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// Everything the CDC needs, already parsed and validated by the binary.
 #[derive(Debug, Clone)]
 pub struct CdcConfig {
-    pub database: tokio_postgres::Config,
+    /// `DATABASE_URL`, TLS included.
+    pub database: Database,
     /// Where change events and NOTIFY payloads go.
     pub bus: BusConfig,
     pub slot: String,
@@ -162,7 +164,7 @@ pub use nself_realtime_shared::startup::{backoff, StartError};
 async fn check_postgres(config: &CdcConfig) -> Result<(), StartError> {
     let (client, connection) = config
         .database
-        .connect(tokio_postgres::NoTls)
+        .connect()
         .await
         .map_err(|e| StartError::postgres_connect(&e))?;
     tokio::spawn(async move {

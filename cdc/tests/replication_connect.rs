@@ -1,12 +1,18 @@
 //! Opening replication sessions against a real Postgres: every supported authentication method
 //! over TCP and over the Unix socket, the typed error of a wrong password, the session settings
 //! sent in `options`, `IDENTIFY_SYSTEM`, generic simple queries and idempotent slot creation.
+//! And TLS, against a cluster that accepts only `hostssl` connections: every `sslmode`, the
+//! certificate checks of verify-ca and verify-full, SCRAM over TLS, and WAL streamed over TLS.
 
 use nself_realtime_cdc::replication::{
-    ConnectOptions, ReplicationClient, ReplicationError, SlotCreation, INVALID_PASSWORD,
+    ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent, SlotCreation,
+    INVALID_PASSWORD,
 };
-use realtime_tests::Postgres;
+use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::postgres_tls::{Database, TlsError};
+use realtime_tests::{Postgres, TestDb};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 const PASSWORD: &str = "s3cret pass";
 
@@ -19,8 +25,6 @@ fn cluster() -> &'static Postgres {
             "host all md5_user 127.0.0.1/32 md5",
             "host all pw_user 127.0.0.1/32 password",
             "local all scram_user scram-sha-256",
-            // What a server that demands TLS answers a plain connection.
-            "hostnossl all tls_user 127.0.0.1/32 reject",
         ]);
         pg.psql(
             "postgres",
@@ -29,8 +33,7 @@ fn cluster() -> &'static Postgres {
                  CREATE ROLE scram_user LOGIN REPLICATION PASSWORD '{PASSWORD}';
                  CREATE ROLE pw_user LOGIN REPLICATION PASSWORD '{PASSWORD}';
                  SET password_encryption = 'md5';
-                 CREATE ROLE md5_user LOGIN REPLICATION PASSWORD '{PASSWORD}';
-                 CREATE ROLE tls_user LOGIN REPLICATION;"
+                 CREATE ROLE md5_user LOGIN REPLICATION PASSWORD '{PASSWORD}';"
             ),
         );
         pg
@@ -49,7 +52,17 @@ fn tcp_config(pg: &Postgres, user: &str, password: &str, db: &str) -> tokio_post
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Result<ReplicationClient, ReplicationError> {
-    ReplicationClient::connect(config, &ConnectOptions::default()).await
+    ReplicationClient::connect(
+        &Database::from_config(config.clone()),
+        &ConnectOptions::default(),
+    )
+    .await
+}
+
+/// Connects to `url` as DATABASE_URL would (sslmode and sslrootcert included).
+async fn connect_url(url: &str) -> Result<ReplicationClient, ReplicationError> {
+    let database = Database::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    ReplicationClient::connect(&database, &ConnectOptions::default()).await
 }
 
 /// The session is a logical replication session of the right user and database.
@@ -183,22 +196,39 @@ async fn missing_password_is_a_clear_error() {
     assert!(matches!(err, ReplicationError::PasswordRequired), "{err}");
 }
 
-#[tokio::test]
-async fn sslmode_require_is_refused_before_connecting() {
-    let db = Postgres::shared().fresh_database().await;
-    let config: tokio_postgres::Config = format!("{}?sslmode=require", db.url).parse().unwrap();
-    let err = connect(&config).await.err().expect("TLS is not supported");
-    assert!(
-        matches!(err, ReplicationError::TlsRequired { server: None }),
-        "{err}"
-    );
+/// The TLS-only cluster, with a SCRAM user whose rule needs TLS too.
+fn tls_cluster() -> &'static Postgres {
+    static CLUSTER: OnceLock<Postgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let pg = Postgres::start_tls_only(&["hostssl all scram_user 127.0.0.1/32 scram-sha-256"]);
+        pg.psql(
+            "postgres",
+            &format!(
+                "SET password_encryption = 'scram-sha-256';
+                 CREATE ROLE scram_user LOGIN REPLICATION PASSWORD '{PASSWORD}';"
+            ),
+        );
+        pg
+    })
+}
+
+/// `SELECT ssl FROM pg_stat_ssl` for the session itself.
+async fn session_uses_tls(client: &mut ReplicationClient) -> bool {
+    let rows = client
+        .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    rows == vec![vec![Some("t".to_string())]]
+}
+
+fn ca(pg: &Postgres) -> String {
+    pg.tls_files().ca_cert.display().to_string()
 }
 
 #[tokio::test]
-async fn a_server_demanding_tls_is_a_clear_error() {
-    let pg = cluster();
-    let db = pg.fresh_database().await;
-    let err = connect(&tcp_config(pg, "tls_user", "x", &db.name))
+async fn a_tls_only_server_refuses_sslmode_disable_clearly() {
+    let db = tls_cluster().fresh_database().await;
+    let err = connect_url(&format!("{}?sslmode=disable", db.url))
         .await
         .err()
         .expect("plain connections are refused");
@@ -209,7 +239,174 @@ async fn a_server_demanding_tls_is_a_clear_error() {
         panic!("expected TlsRequired, got {err:?}");
     };
     assert_eq!(server.code, "28000");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    assert!(err.to_string().contains("sslmode=require"), "{err}");
+}
+
+#[tokio::test]
+async fn sslmode_require_and_prefer_connect_over_tls() {
+    let db = tls_cluster().fresh_database().await;
+    for mode in ["require", "prefer"] {
+        let mut client = connect_url(&format!("{}?sslmode={mode}", db.url))
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        assert!(session_uses_tls(&mut client).await, "sslmode={mode}");
+        assert_replication_session(&mut client, "postgres", &db.name).await;
+    }
+}
+
+#[tokio::test]
+async fn sslmode_require_against_a_server_without_tls_is_a_clear_error() {
+    let db = Postgres::shared().fresh_database().await;
+    let err = connect_url(&format!("{}?sslmode=require", db.url))
+        .await
+        .err()
+        .expect("the shared cluster has no TLS");
+    assert!(
+        matches!(
+            err,
+            ReplicationError::Tls {
+                source: TlsError::NotOffered("require"),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // prefer falls back to plain there.
+    let mut client = connect_url(&format!("{}?sslmode=prefer", db.url))
+        .await
+        .unwrap();
+    assert!(!session_uses_tls(&mut client).await);
+}
+
+#[tokio::test]
+async fn verify_ca_and_verify_full_check_the_certificate() {
+    let pg = tls_cluster();
+    let db = pg.fresh_database().await;
+    let ca = ca(pg);
+    // The certificate names localhost and 127.0.0.1.
+    for url in [
+        format!("{}?sslmode=verify-ca&sslrootcert={ca}", db.url),
+        format!("{}?sslmode=verify-full&sslrootcert={ca}", db.url),
+        format!(
+            "postgres://postgres@localhost:{}/{}?sslmode=verify-full&sslrootcert={ca}",
+            pg.port(),
+            db.name
+        ),
+        // require with a root certificate checks the chain, as in libpq.
+        format!("{}?sslmode=require&sslrootcert={ca}", db.url),
+    ] {
+        let mut client = connect_url(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(session_uses_tls(&mut client).await, "{url}");
+    }
+
+    // A name the certificate does not have: verify-ca does not mind, verify-full refuses.
+    let wrong_name = |mode: &str| {
+        format!(
+            "host=db.invalid hostaddr=127.0.0.1 port={} user=postgres dbname={} sslmode={mode} sslrootcert={ca}",
+            pg.port(),
+            db.name
+        )
+    };
+    connect_url(&wrong_name("verify-ca"))
+        .await
+        .expect("verify-ca ignores the name");
+    let err = connect_url(&wrong_name("verify-full"))
+        .await
+        .err()
+        .expect("verify-full checks the name");
+    assert!(
+        matches!(
+            err,
+            ReplicationError::Tls {
+                source: TlsError::Handshake { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
+
+    // Another CA: the chain does not verify.
+    let other = pg.tls_files().other_ca_cert.display().to_string();
+    for mode in ["verify-ca", "verify-full", "require"] {
+        let err = connect_url(&format!("{}?sslmode={mode}&sslrootcert={other}", db.url))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("sslmode={mode} trusted a certificate of another CA"));
+        assert!(
+            format!("{err:?}").contains("UnknownIssuer"),
+            "{mode}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scram_sha_256_over_tls() {
+    let pg = tls_cluster();
+    let db = pg.fresh_database().await;
+    let url = format!(
+        "postgres://scram_user:{}@127.0.0.1:{}/{}?sslmode=verify-full&sslrootcert={}",
+        PASSWORD.replace(' ', "%20"),
+        pg.port(),
+        db.name,
+        ca(pg)
+    );
+    let mut client = connect_url(&url).await.expect("SCRAM over TLS");
+    assert!(session_uses_tls(&mut client).await);
+    assert_replication_session(&mut client, "scram_user", &db.name).await;
+}
+
+#[tokio::test]
+async fn a_unix_socket_stays_plain_whatever_the_sslmode() {
+    let db = tls_cluster().fresh_database().await;
+    let mut client = connect_url(&format!("{}?sslmode=require", db.socket_url))
+        .await
+        .expect("libpq uses no TLS on Unix sockets");
+    assert!(!session_uses_tls(&mut client).await);
+}
+
+/// WAL of a committed INSERT arrives over a verify-full TLS session.
+#[tokio::test]
+async fn wal_streams_over_tls() {
+    let pg = tls_cluster();
+    let db: TestDb = pg.fresh_database().await;
+    let sql = db.connect().await;
+    sql.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         CREATE PUBLICATION {} FOR TABLE items;",
+        db.publication
+    ))
+    .await
+    .unwrap();
+    let url = format!("{}?sslmode=verify-full&sslrootcert={}", db.url, ca(pg));
+    let mut client = connect_url(&url).await.unwrap();
+    assert!(session_uses_tls(&mut client).await);
+    client.create_slot_if_missing(&db.slot).await.unwrap();
+    let mut stream = client
+        .start_replication(&db.slot, Lsn(0), &[&db.publication])
+        .await
+        .expect("START_REPLICATION over TLS");
+    sql.execute("INSERT INTO items VALUES (1, 'over tls')", &[])
+        .await
+        .unwrap();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.next().await.unwrap() {
+                Some(ReplicationEvent::XLogData { data, .. })
+                    if data.windows(8).any(|w| w == b"over tls") =>
+                {
+                    return true
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the INSERT within 30 s");
+    assert!(found, "the stream ended before the INSERT");
 }
 
 #[tokio::test]
@@ -234,7 +431,9 @@ async fn session_settings_reach_the_walsender() {
         .setting("extra_float_digits", "3")
         .setting("bytea_output", "hex")
         .setting("search_path", r"odd\path, public");
-    let mut client = ReplicationClient::connect(&config, &options).await.unwrap();
+    let mut client = ReplicationClient::connect(&Database::from_config(config), &options)
+        .await
+        .unwrap();
     let rows = client
         .simple_query(
             "SELECT current_setting('DateStyle'), current_setting('TimeZone'), \

@@ -7,6 +7,7 @@ use nself_realtime_cdc::replication::{
     ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent, ReplicationStream,
 };
 use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::postgres_tls::Database;
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,8 +66,9 @@ async fn accept_start(socket: &mut TcpStream) -> String {
     String::from_utf8_lossy(&query).into_owned()
 }
 
-/// A fake server running `script` on its first connection; the config points at it.
-async fn fake_server<F, Fut>(script: F) -> tokio_postgres::Config
+/// A fake server running `script` on its first connection; the config points at it (without
+/// TLS: the scripts start at the startup message).
+async fn fake_server<F, Fut>(script: F) -> Database
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -78,13 +80,12 @@ where
         socket.set_nodelay(true).unwrap();
         script(socket).await;
     });
-    format!("postgres://u@127.0.0.1:{port}/db").parse().unwrap()
+    format!("postgres://u@127.0.0.1:{port}/db?sslmode=disable")
+        .parse()
+        .unwrap()
 }
 
-async fn stream_from(
-    config: &tokio_postgres::Config,
-    options: &ConnectOptions,
-) -> ReplicationStream {
+async fn stream_from(config: &Database, options: &ConnectOptions) -> ReplicationStream {
     ReplicationClient::connect(config, options)
         .await
         .unwrap()

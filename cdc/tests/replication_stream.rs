@@ -21,8 +21,7 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 async fn client(db: &TestDb) -> ReplicationClient {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    ReplicationClient::connect(&config, &ConnectOptions::default())
+    ReplicationClient::connect(&db.url.parse().unwrap(), &ConnectOptions::default())
         .await
         .expect("replication connect")
 }

@@ -55,7 +55,8 @@ pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
-    pub database: tokio_postgres::Config,
+    /// `DATABASE_URL`, TLS included.
+    pub database: nself_realtime_shared::postgres_tls::Database,
     pub db_pool_size: usize,
     /// `REALTIME_DB_ROLES`: roles a token's `role` claim may name.
     pub db_roles: Vec<String>,

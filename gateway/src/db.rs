@@ -12,11 +12,12 @@
 //! trip per query.
 
 use nself_realtime_shared::postgres_error::describe;
+use nself_realtime_shared::postgres_tls::Database;
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// Most statements one connection keeps prepared (visibility queries are one per table).
 const MAX_STATEMENTS: usize = 256;
@@ -42,7 +43,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    config: Config,
+    database: Database,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
 }
@@ -55,11 +56,11 @@ pub struct Pooled {
 }
 
 impl Pool {
-    /// A pool of at most `size` connections to `config`.
-    pub fn new(config: Config, size: usize) -> Pool {
+    /// A pool of at most `size` connections to `database` (with the TLS its `sslmode` says).
+    pub fn new(database: Database, size: usize) -> Pool {
         Pool {
             inner: Arc::new(Inner {
-                config,
+                database,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(size.max(1))),
             }),
@@ -89,8 +90,8 @@ impl Pool {
             None => {
                 let (client, connection) = self
                     .inner
-                    .config
-                    .connect(NoTls)
+                    .database
+                    .connect()
                     .await
                     .map_err(|e| ConnectError(describe(&e)))?;
                 tokio::spawn(async move {

@@ -15,6 +15,12 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
             text.push_str(&format!("; hint: {hint}"));
         }
         text.push_str(&format!(" [{}]", db.code().code()));
+        // `no pg_hba.conf entry for host ..., no encryption`: the server takes only TLS.
+        if db.code().code() == "28000" && db.message().ends_with("no encryption") {
+            text.push_str(
+                "; the server accepts only TLS connections: add sslmode=require (or verify-full with sslrootcert) to DATABASE_URL",
+            );
+        }
         return text;
     }
     let mut text = error.to_string();

@@ -33,7 +33,7 @@ pub use cdc::{
 pub use gateway::{token, GatewayProcess, Stack, TEST_JWT_SECRET};
 pub use nats::{Nats, NatsAccount};
 pub use phoenix_client::{Closed, Frame, PhoenixClient};
-pub use postgres::{connect as connect_url, Postgres, TestDb};
+pub use postgres::{connect as connect_url, Postgres, TestDb, TlsFiles};
 pub use process::free_port;
 pub use service::ServiceProcess;
 pub use socketio_client::SocketIoClient;

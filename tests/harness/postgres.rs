@@ -1,5 +1,11 @@
 //! A private PostgreSQL cluster (`initdb` in a temporary directory, `wal_level=logical`, a free
 //! port, its own Unix socket directory) and the fresh databases tests run in.
+//!
+//! [`Postgres::start_tls_only`] makes the kind of server managed services run: `ssl = on` with
+//! a certificate from a CA made for it (the `openssl` CLI, in the cluster's directory), and a
+//! `pg_hba.conf` that accepts TCP connections only over TLS (`hostssl`) and rejects `hostnossl`.
+//! The harness' own connections use libpq's default `sslmode=prefer`, so they work against
+//! either kind of cluster.
 
 use crate::process::{as_postgres_user, cleanup_on_exit, free_port, run, running_as_root};
 use std::path::{Path, PathBuf};
@@ -15,6 +21,17 @@ pub struct Postgres {
     root: PathBuf,
     port: u16,
     next_db: AtomicU32,
+    tls: Option<TlsFiles>,
+}
+
+/// The certificates of a TLS-only cluster, PEM files in its directory.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate (`sslrootcert` for verify-ca/verify-full).
+    /// The certificate names `localhost` and `127.0.0.1`.
+    pub ca_cert: PathBuf,
+    /// A CA that signed nothing of this server's: checking against it must fail.
+    pub other_ca_cert: PathBuf,
 }
 
 /// A fresh database in a private cluster, with the names a test should use for its own
@@ -39,11 +56,15 @@ impl TestDb {
     }
 }
 
-/// Connects with tokio-postgres and drives the connection in a background task.
+/// Connects with tokio-postgres (TLS as `url`'s `sslmode` says, the product's parsing) and
+/// drives the connection in a background task.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let database = nself_realtime_shared::postgres_tls::Database::parse(url)
+        .unwrap_or_else(|e| panic!("parse {url}: {e}"));
+    let (client, connection) = database
+        .connect()
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -71,6 +92,34 @@ impl Postgres {
     /// A cluster whose `pg_hba.conf` starts with `hba_lines` (first match wins), followed by
     /// trust for everything local: tests of password authentication put their rules first.
     pub fn start_with_hba(hba_lines: &[&str]) -> Postgres {
+        let mut hba: String = hba_lines.iter().map(|l| format!("{l}\n")).collect();
+        hba.push_str(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n\
+             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        );
+        Postgres::start_cluster(&hba, false)
+    }
+
+    /// The TLS-only cluster shared by every test of this test binary, started on first use.
+    pub fn shared_tls_only() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| Postgres::start_tls_only(&[]))
+    }
+
+    /// A cluster with `ssl = on` that takes TCP connections only over TLS: `pg_hba.conf` is
+    /// `hba_lines` (first match wins), then trust for `hostssl` and the Unix socket, and reject
+    /// for `hostnossl`. [`Postgres::tls_files`] has the CA to verify the server with.
+    pub fn start_tls_only(hba_lines: &[&str]) -> Postgres {
+        let mut hba: String = hba_lines.iter().map(|l| format!("{l}\n")).collect();
+        hba.push_str(
+            "local all all trust\nlocal replication all trust\n\
+             hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n\
+             hostnossl all all all reject\nhostnossl replication all all reject\n",
+        );
+        Postgres::start_cluster(&hba, true)
+    }
+
+    fn start_cluster(hba: &str, tls: bool) -> Postgres {
         let bin = bin_dir();
         let root = tempfile::Builder::new()
             .prefix("realtime-pg-")
@@ -119,11 +168,11 @@ impl Postgres {
             sock = root.display(),
         );
         append(&data.join("postgresql.conf"), &conf);
-        let mut hba: String = hba_lines.iter().map(|l| format!("{l}\n")).collect();
-        hba.push_str(
-            "local all all trust\nhost all all 127.0.0.1/32 trust\n\
-             local replication all trust\nhost replication all 127.0.0.1/32 trust\n",
-        );
+        let tls = tls.then(|| {
+            let (files, conf) = make_certificates(&root.join("tls"));
+            append(&data.join("postgresql.conf"), &conf);
+            files
+        });
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
 
         let pg = Postgres {
@@ -131,6 +180,7 @@ impl Postgres {
             root,
             port,
             next_db: AtomicU32::new(0),
+            tls,
         };
         pg.start_again();
         pg
@@ -176,6 +226,13 @@ impl Postgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA certificates of a cluster from [`Postgres::start_tls_only`].
+    pub fn tls_files(&self) -> &TlsFiles {
+        self.tls
+            .as_ref()
+            .expect("a cluster from Postgres::start_tls_only")
     }
 
     /// The directory holding the cluster's Unix socket.
@@ -247,6 +304,104 @@ impl Drop for Postgres {
         let _ = cmd.output();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// What `openssl` makes: a CA, a server certificate it signs for `localhost` and `127.0.0.1`
+/// (ECDSA P-256, fast to generate), and an unrelated second CA. Returns the files and the
+/// `postgresql.conf` lines that turn TLS on.
+fn make_certificates(dir: &Path) -> (TlsFiles, String) {
+    std::fs::create_dir_all(dir).expect("create the TLS directory");
+    std::fs::write(
+        dir.join("openssl.cnf"),
+        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = realtime test CA\n\
+         [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier = hash\n\
+         [server]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n\
+         authorityKeyIdentifier = keyid\n",
+    )
+    .expect("write openssl.cnf");
+    let openssl = |args: &[&str], what: &str| {
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(dir).args(args);
+        run(cmd, what);
+    };
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (ca, subject) in [
+        ("ca", "/CN=realtime test CA"),
+        ("other-ca", "/CN=other test CA"),
+    ] {
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-new",
+            "-config",
+            "openssl.cnf",
+            "-extensions",
+            "ca",
+        ];
+        args.extend(new_key);
+        args.extend([
+            "-subj", subject, "-keyout", &key, "-out", &crt, "-days", "3650",
+        ]);
+        openssl(&args, "openssl: make a test CA");
+    }
+    let mut args = vec!["req", "-new", "-subj", "/CN=localhost"];
+    args.extend(new_key);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&args, "openssl: make the server key");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "2",
+            "-days",
+            "3650",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            "server",
+        ],
+        "openssl: sign the server certificate",
+    );
+    // The server refuses a key others can read; under root it runs as `postgres`.
+    let key = dir.join("server.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+    }
+    if running_as_root() {
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "postgres:postgres"]).arg(dir);
+        run(chown, "chown the TLS files");
+    }
+    let conf = format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        dir.join("server.crt").display(),
+        key.display()
+    );
+    let files = TlsFiles {
+        ca_cert: dir.join("ca.crt"),
+        other_ca_cert: dir.join("other-ca.crt"),
+    };
+    (files, conf)
 }
 
 fn append(path: &Path, text: &str) {

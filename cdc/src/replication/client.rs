@@ -14,10 +14,10 @@ use super::startup::{self, BackendKey, Startup};
 use super::stream::ReplicationStream;
 use fallible_iterator::FallibleIterator;
 use nself_realtime_shared::lsn::Lsn;
+use nself_realtime_shared::postgres_tls::Database;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use std::time::Duration;
-use tokio_postgres::config::SslMode;
 
 /// Connection timeout when the config has none (`connect_timeout` in DATABASE_URL wins).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,15 +84,13 @@ pub struct ReplicationClient {
 }
 
 impl ReplicationClient {
-    /// Connects to the first reachable host of `config` (TCP or Unix socket), starts a logical
-    /// replication session and authenticates. TLS is not supported: `sslmode=require` is refused.
+    /// Connects to the first reachable host of `database` (TCP or Unix socket), with TLS on TCP
+    /// as its `sslmode` says, starts a logical replication session and authenticates.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        database: &Database,
         options: &ConnectOptions,
     ) -> Result<ReplicationClient, ReplicationError> {
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(ReplicationError::TlsRequired { server: None });
-        }
+        let config = database.config();
         let user = config
             .get_user()
             .ok_or_else(|| ReplicationError::Config("DATABASE_URL names no user".into()))?;
@@ -114,7 +112,7 @@ impl ReplicationClient {
         for target in socket::targets(config)? {
             tracing::debug!(%target, "connecting for replication");
             let attempt = async {
-                let socket = Socket::connect(&target).await?;
+                let socket = Socket::connect(&target, database.tls()).await?;
                 let mut conn = Connection::new(socket, options.max_message_size);
                 let key = startup::start_session(&mut conn, &startup).await?;
                 Ok::<_, ReplicationError>(ReplicationClient {
@@ -125,8 +123,10 @@ impl ReplicationClient {
             };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok(client)) => return Ok(client),
-                // Refused or unreachable: try the next host, as libpq does.
-                Ok(Err(e @ ReplicationError::Connect { .. })) => last_error = Some(e),
+                // Refused, unreachable or no acceptable TLS: try the next host, as libpq does.
+                Ok(Err(e @ (ReplicationError::Connect { .. } | ReplicationError::Tls { .. }))) => {
+                    last_error = Some(e)
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     last_error = Some(ReplicationError::ConnectTimeout {

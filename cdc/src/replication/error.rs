@@ -6,6 +6,7 @@
 //! I/O trouble and a closed connection are distinct from protocol violations and oversized frames.
 
 use fallible_iterator::FallibleIterator;
+use nself_realtime_shared::postgres_tls::TlsError;
 use postgres_protocol::message::backend::ErrorFields;
 use std::fmt;
 use std::time::Duration;
@@ -108,10 +109,18 @@ pub enum ReplicationError {
     /// Connecting and authenticating took longer than the connection timeout.
     #[error("connecting to Postgres at {target} timed out after {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    /// TLS was asked for (`sslmode=require`) or the server accepts only TLS connections; this
-    /// client does not speak TLS yet.
-    #[error("the connection requires TLS, which the replication client does not support yet: use sslmode=disable/prefer and a pg_hba.conf `host` (not `hostssl`) rule, or a Unix socket{}", .server.as_ref().map(|e| format!(" (server said: {e})")).unwrap_or_default())]
+    /// The server accepts only TLS connections (a `hostssl` rule) and DATABASE_URL has
+    /// `sslmode=disable`.
+    #[error("the server accepts only TLS connections: add sslmode=require (or verify-full with sslrootcert) to DATABASE_URL{}", .server.as_ref().map(|e| format!(" (server said: {e})")).unwrap_or_default())]
     TlsRequired { server: Option<Box<ServerError>> },
+    /// TLS could not be set up with `target`: the server offers none though `sslmode` requires
+    /// it, or its certificate failed the check `sslmode` asks for.
+    #[error("TLS to Postgres at {target}: {source}")]
+    Tls {
+        target: String,
+        #[source]
+        source: TlsError,
+    },
     /// The server asked for an authentication method this client does not implement.
     #[error("the server asks for {0} authentication; supported are trust, password, md5 and scram-sha-256")]
     UnsupportedAuthentication(String),

@@ -1,12 +1,15 @@
 //! The byte stream under the protocol: a TCP or a Unix-domain socket, chosen from the hosts of a
-//! `tokio_postgres::Config`.
+//! `tokio_postgres::Config`, with TLS on TCP as `sslmode` says.
 //!
 //! A host that is a directory path means the server's Unix socket `<dir>/.s.PGSQL.<port>`, as in
 //! libpq. Hosts are tried in order with their port (one port for all hosts, or one per host) and
-//! the first that accepts a connection wins. TLS is out of scope for now, so the socket is always
-//! plain.
+//! the first that accepts a connection wins. On TCP, [`TlsPolicy::negotiate`] (shared with every
+//! other Postgres connection of the binary) does the `SSLRequest` and the handshake, checking
+//! the certificate against the host name (or `hostaddr` when there is no name); a Unix socket
+//! stays plain, as in libpq.
 
 use super::error::ReplicationError;
+use nself_realtime_shared::postgres_tls::{Negotiated, TlsPolicy, TlsStream};
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,14 +27,22 @@ const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    Tcp { host: String, port: u16 },
-    Unix { path: PathBuf },
+    /// `name` is what TLS checks the certificate against: the host name, which `hostaddr` (an
+    /// address to connect to instead of resolving it) does not replace.
+    Tcp {
+        host: String,
+        port: u16,
+        name: String,
+    },
+    Unix {
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Target::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             Target::Unix { path } => write!(f, "{}", path.display()),
         }
     }
@@ -58,9 +69,14 @@ pub(crate) fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, Re
             .iter()
             .enumerate()
             .map(|(i, addr)| {
+                let name = match hosts.get(i) {
+                    Some(Host::Tcp(name)) => name.clone(),
+                    _ => addr.to_string(),
+                };
                 Ok(Target::Tcp {
                     host: addr.to_string(),
                     port: port_for(i, addrs.len())?,
+                    name,
                 })
             })
             .collect();
@@ -74,6 +90,7 @@ pub(crate) fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, Re
             Target::Tcp {
                 host: "localhost".into(),
                 port,
+                name: "localhost".into(),
             },
         ]);
     }
@@ -86,6 +103,7 @@ pub(crate) fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, Re
                 Host::Tcp(name) => Target::Tcp {
                     host: name.clone(),
                     port,
+                    name: name.clone(),
                 },
                 Host::Unix(dir) => Target::Unix {
                     path: dir.join(format!(".s.PGSQL.{port}")),
@@ -95,28 +113,46 @@ pub(crate) fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, Re
         .collect()
 }
 
-/// A connected plain socket.
+/// A connected socket.
 #[derive(Debug)]
 pub(crate) enum Socket {
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
 impl Socket {
-    /// Opens a connection to one target (no timeout: the caller bounds the whole handshake).
-    pub(crate) async fn connect(target: &Target) -> Result<Socket, ReplicationError> {
+    /// Opens a connection to one target and, on TCP, sets up TLS as `tls` says (no timeout: the
+    /// caller bounds the whole handshake).
+    pub(crate) async fn connect(
+        target: &Target,
+        tls: &TlsPolicy,
+    ) -> Result<Socket, ReplicationError> {
         let wrap = |source: io::Error| ReplicationError::Connect {
             target: target.to_string(),
             source,
         };
         match target {
-            Target::Tcp { host, port } => {
+            Target::Tcp { host, port, name } => {
                 let stream = TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(wrap)?;
                 // Status updates are tiny and latency matters for the walsender's timeout.
                 stream.set_nodelay(true).map_err(wrap)?;
-                Ok(Socket::Tcp(stream))
+                let negotiated =
+                    tls.negotiate(stream, name)
+                        .await
+                        .map_err(|source| ReplicationError::Tls {
+                            target: target.to_string(),
+                            source,
+                        })?;
+                Ok(match negotiated {
+                    Negotiated::Plain(stream) => Socket::Tcp(stream),
+                    Negotiated::Tls(stream) => {
+                        tracing::debug!(%target, "TLS established");
+                        Socket::Tls(stream)
+                    }
+                })
             }
             Target::Unix { path } => {
                 Ok(Socket::Unix(UnixStream::connect(path).await.map_err(wrap)?))
@@ -133,6 +169,7 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -146,6 +183,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -153,6 +191,7 @@ impl AsyncWrite for Socket {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -160,6 +199,7 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -188,11 +228,13 @@ mod tests {
             vec![
                 Target::Tcp {
                     host: "a".into(),
-                    port: 1
+                    port: 1,
+                    name: "a".into()
                 },
                 Target::Tcp {
                     host: "b".into(),
-                    port: 2
+                    port: 2,
+                    name: "b".into()
                 }
             ]
         );
@@ -203,5 +245,21 @@ mod tests {
             .all(|t| matches!(t, Target::Tcp { port: 7, .. })));
         let config: tokio_postgres::Config = "host=a,b,c port=1,2 user=u".parse().unwrap();
         assert!(targets(&config).is_err());
+    }
+
+    #[test]
+    fn tls_checks_the_host_name_not_the_hostaddr() {
+        let config: tokio_postgres::Config =
+            "host=db.example.com hostaddr=10.0.0.5 port=5432 user=u"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            targets(&config).unwrap(),
+            vec![Target::Tcp {
+                host: "10.0.0.5".into(),
+                port: 5432,
+                name: "db.example.com".into()
+            }]
+        );
     }
 }

@@ -3,8 +3,9 @@
 //! `ReadyForQuery`.
 //!
 //! postgres-protocol supplies the message encoders, the md5 hash and the SCRAM state machine;
-//! this module only sequences them. SCRAM runs without channel binding because the connection
-//! has no TLS (the server does not offer `SCRAM-SHA-256-PLUS` then).
+//! this module only sequences them. SCRAM runs without channel binding, over TLS too (the
+//! client says it does not support it, and the server then accepts plain `SCRAM-SHA-256`): the
+//! server's certificate, checked as `sslmode` says, is what authenticates the server.
 
 use super::connection::{Connection, Incoming};
 use super::error::{ReplicationError, ServerError, INVALID_AUTHORIZATION};

@@ -54,7 +54,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct WireConfig {
     /// Postgres to apply subscriptions to (`DATABASE_URL`).
-    pub database: tokio_postgres::Config,
+    pub database: nself_realtime_shared::postgres_tls::Database,
     /// Base name of the op-set publications (`REALTIME_PUBLICATION`).
     pub publication: String,
     /// `REALTIME_CDC_PASSWORD`; `None` means trust (only sensible on loopback).

@@ -1,4 +1,4 @@
-//! A small pool of plain Postgres connections for the endpoint's `SUBSCRIBE`, `UNSUBSCRIBE` and
+//! A small pool of ordinary Postgres connections for the endpoint's `SUBSCRIBE`, `UNSUBSCRIBE` and
 //! `SHOW SUBSCRIPTIONS`.
 //!
 //! These commands are rare (an operator or a deploy script), so the pool only keeps a few idle
@@ -6,15 +6,16 @@
 //! being handed out again. Each command takes a connection for itself, so a transaction never
 //! shares its session with another command.
 
+use nself_realtime_shared::postgres_tls::Database;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 /// Idle connections kept for reuse; more may be open while commands run.
 const MAX_IDLE: usize = 4;
 
 pub(crate) struct Pool {
-    config: Config,
+    database: Database,
     idle: Mutex<Vec<Client>>,
 }
 
@@ -25,9 +26,9 @@ pub(crate) struct Pooled<'a> {
 }
 
 impl Pool {
-    pub(crate) fn new(config: Config) -> Pool {
+    pub(crate) fn new(database: Database) -> Pool {
         Pool {
-            config,
+            database,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -47,7 +48,7 @@ impl Pool {
                 None => break,
             }
         }
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.database.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "Postgres connection of the wire endpoint closed");

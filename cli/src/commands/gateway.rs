@@ -164,7 +164,7 @@ impl GatewayArgs {
     /// Validates the settings into a gateway configuration, its token verifier and roles.
     pub fn into_parts(
         self,
-        database: tokio_postgres::Config,
+        database: nself_realtime_shared::postgres_tls::Database,
     ) -> Result<(GatewayConfig, Verifier, AllowedRoles), CliError> {
         let jwks = match &self.jwt_jwks {
             Some(value) => Some(jwt::load_jwks(value).map_err(CliError::usage)?),

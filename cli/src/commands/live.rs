@@ -466,7 +466,9 @@ impl OptionalDatabase {
         let Some(url) = local_cluster(dir) else {
             return Ok(None);
         };
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        let database = nself_realtime_shared::postgres_tls::Database::parse(&url)
+            .map_err(|e| CliError::runtime(anyhow!("{e}")))?;
+        match database.connect().await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
                     let _ = connection.await;

@@ -1,22 +1,21 @@
-//! Opening a plain Postgres connection from `DATABASE_URL` with errors that name the fix.
+//! Opening a Postgres connection from `DATABASE_URL` (TLS as its `sslmode` says) with errors
+//! that name the fix.
 
 use crate::exit::CliError;
 use anyhow::anyhow;
+use nself_realtime_shared::postgres_tls::Database;
 
-/// Parses `DATABASE_URL`; a malformed URL is a usage error.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, CliError> {
-    url.parse::<tokio_postgres::Config>().map_err(|e| {
-        CliError::usage(anyhow!(
-            "DATABASE_URL is not a valid Postgres URL ({e}); use postgres://user:password@host:5432/dbname"
-        ))
-    })
+/// Parses `DATABASE_URL`, `sslmode` and `sslrootcert` included; a malformed URL, a bad
+/// `sslmode` or an unreadable root certificate is a usage error.
+pub fn parse_url(url: &str) -> Result<Database, CliError> {
+    Database::parse(url).map_err(|e| CliError::usage(anyhow!("{e}")))
 }
 
 /// Connects and drives the connection in the background. Failing to connect is a configuration
-/// problem (exit 2): wrong host, port, credentials or database.
+/// problem (exit 2): wrong host, port, credentials, database or TLS settings.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, CliError> {
-    let config = parse_url(url)?;
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+    let database = parse_url(url)?;
+    let (client, connection) = database.connect().await.map_err(|e| {
         CliError::usage(anyhow!(
             "cannot connect to DATABASE_URL ({}); check host, port, user, password and database name",
             nself_realtime_cdc::postgres_error::describe(&e)

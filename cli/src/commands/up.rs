@@ -285,10 +285,11 @@ fn print_banner(
 
 /// A URL without its password.
 fn redact(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(config) if config.get_password().is_some() => {
+    match nself_realtime_shared::postgres_tls::Database::parse(url) {
+        Ok(database) if database.config().get_password().is_some() => {
             let mut shown = url.to_string();
-            if let Some(password) = config
+            if let Some(password) = database
+                .config()
                 .get_password()
                 .and_then(|p| std::str::from_utf8(p).ok())
             {
