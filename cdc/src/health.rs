@@ -283,14 +283,24 @@ impl HealthState {
 struct AppState {
     health: Arc<HealthState>,
     metrics: Arc<CdcMetrics>,
+    /// `REALTIME_METRICS_TOKEN`.
+    metrics_token: Option<Arc<str>>,
 }
 
-/// The router serving `/health` and `/metrics`.
-pub fn router(health: Arc<HealthState>, metrics: Arc<CdcMetrics>) -> Router {
+/// The router serving `/health` and `/metrics` (behind `metrics_token` when one is set).
+pub fn router(
+    health: Arc<HealthState>,
+    metrics: Arc<CdcMetrics>,
+    metrics_token: Option<&str>,
+) -> Router {
     Router::new()
         .route("/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState { health, metrics })
+        .with_state(AppState {
+            health,
+            metrics,
+            metrics_token: metrics_token.map(Arc::from),
+        })
 }
 
 async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {
@@ -303,7 +313,16 @@ async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics_handler(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !metrics::scrape_allowed(authorization, state.metrics_token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, metrics::SCRAPE_REFUSED).into_response();
+    }
     let text = metrics::encode(&state.metrics.registry);
-    ([("content-type", "text/plain; version=0.0.4")], text)
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -52,6 +52,8 @@ pub struct CdcConfig {
     pub wire_password: Option<String>,
     pub http_addr: SocketAddr,
     pub max_in_flight: usize,
+    /// `REALTIME_METRICS_TOKEN`: the bearer token `/metrics` asks for (none: open).
+    pub metrics_token: Option<String>,
     /// Copies of the `REALTIME_DB` stream in a NATS cluster (`REALTIME_STREAM_REPLICAS`). NATS
     /// only.
     pub stream_replicas: usize,
@@ -250,7 +252,11 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let stop_rx_http = stop_rx.clone();
-    let router = health::router(health.clone(), metrics.clone());
+    let router = health::router(
+        health.clone(),
+        metrics.clone(),
+        config.metrics_token.as_deref(),
+    );
     let http_task = tokio::spawn(async move {
         axum::serve(http, router)
             .with_graceful_shutdown(stopped(stop_rx_http))

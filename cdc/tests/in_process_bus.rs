@@ -58,6 +58,7 @@ impl Running {
             http_addr: SocketAddr::new(localhost, http_port),
             max_in_flight: 64,
             stream_replicas: 1,
+            metrics_token: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(service::run(config, async {

@@ -71,6 +71,8 @@ pub struct GatewayConfig {
     pub send_queue: usize,
     /// `REALTIME_WRITE_TIMEOUT`: every socket write's deadline.
     pub write_timeout: Duration,
+    /// `REALTIME_METRICS_TOKEN`: the bearer token `/metrics` asks for (none: open).
+    pub metrics_token: Option<String>,
     /// `REALTIME_CORS_ORIGIN`: `*`, a comma list of origins, or none.
     pub cors_origin: Option<String>,
     /// The nself API's limits (Socket.IO and `/ws`).

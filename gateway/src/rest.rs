@@ -113,10 +113,10 @@ fn client_json(body: &Bytes) -> Result<Bytes, Refusal> {
 }
 
 fn valid_name(what: &str, name: &str) -> Result<(), Refusal> {
-    if name.is_empty() || name.len() > 255 {
+    if !channel_access::valid_channel_name(name) {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
-            format!("{what} must be 1 to 255 bytes"),
+            format!("{what} must be 1 to 255 bytes without control characters"),
         ));
     }
     Ok(())

@@ -426,7 +426,20 @@ async fn live() -> Response {
         .into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !nself_realtime_shared::metrics::scrape_allowed(
+        authorization,
+        gateway.config.metrics_token.as_deref(),
+    ) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            nself_realtime_shared::metrics::SCRAPE_REFUSED,
+        )
+            .into_response();
+    }
     let metrics = &gateway.metrics;
     metrics
         .connections_active

@@ -90,6 +90,10 @@ pub fn serve<S: Session + 'static>(
         let mut shutdown = gateway.shutdown_signal();
         let idle = session.idle_timeout();
         let mut writer_done = false;
+        // The client's side is over: it sent its close frame, or its stream ended.
+        let mut peer_done = false;
+        // Reading failed (an oversized or malformed frame): the stream can no longer be read.
+        let mut read_failed = false;
         loop {
             let deadline = session.next_deadline();
             tokio::select! {
@@ -99,16 +103,24 @@ pub fn serve<S: Session + 'static>(
                             outbox.kick(Kick::new(Disconnect::Idle, 1000, format!("no message for {} s (send heartbeats)", idle.as_secs())));
                             break;
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            peer_done = true;
+                            break;
+                        }
                         Ok(Some(Err(e))) => {
                             tracing::debug!(error = %e, "connection read failed");
                             outbox.kick(read_error_kick(&e));
+                            read_failed = true;
                             break;
                         }
                         Ok(Some(Ok(message))) => message,
                     };
                     match message {
-                        Message::Close(_) => break,
+                        Message::Close(_) => {
+                            outbox.kick(Kick::new(Disconnect::ClientClosed, 1000, "closed by the client"));
+                            peer_done = true;
+                            break;
+                        }
                         Message::Ping(_) | Message::Pong(_) => continue,
                         // Boxed: the handlers' futures are large, and inlined they would make
                         // every idle connection's task as large as the largest of them.
@@ -137,13 +149,27 @@ pub fn serve<S: Session + 'static>(
             }
         }
         Box::pin(session.finish()).await;
-        // Make sure the writer ends even if nothing kicked it.
-        outbox.kick(Kick::new(Disconnect::ClientClosed, 1000, ""));
+        // Make sure the writer ends even if nothing kicked it (the client's stream ended).
+        outbox.kick(Kick::new(Disconnect::ClientClosed, 1000, "the connection ended"));
         if !writer_done {
             let _ = writer.await;
         }
-        drop(stream);
         let kick = outbox.kick_of();
+        let stuck = kick.as_ref().is_some_and(|k| k.cause.client_stuck());
+        if !peer_done && !stuck && !read_failed {
+            read_failed = !linger(&mut stream).await;
+        }
+        if read_failed {
+            // What the client still sends cannot be read (and dropped) any more; keep the
+            // socket open a moment in the background so the close frame is read before the
+            // reset that closing it with unread data causes.
+            tokio::spawn(async move {
+                tokio::time::sleep(CLOSE_DEADLINE).await;
+                drop(stream);
+            });
+        } else {
+            drop(stream);
+        }
         record_disconnect(&gateway, kick.as_ref());
         let user = gateway.registry.close(outbox.id);
         gateway
@@ -152,6 +178,26 @@ pub fn serve<S: Session + 'static>(
         drop(slot);
     }
     .instrument(span)
+}
+
+/// After a close the server started: reads (and drops) what the client still sends until its
+/// close frame, for at most [`CLOSE_DEADLINE`]. Closing the socket with client data unread
+/// would reset the connection, and the client could lose the close frame and its reason (a
+/// browser then reports 1006).
+/// Returns false when reading failed on the way (the stream cannot be drained).
+async fn linger(stream: &mut futures::stream::SplitStream<WebSocket>) -> bool {
+    let until_closed = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(CLOSE_DEADLINE, until_closed)
+        .await
+        .unwrap_or(true)
 }
 
 /// Counts (and, when the server ended it, logs) how a connection ended.
@@ -260,8 +306,16 @@ async fn write(mut sink: Sink, mut receiver: OutboxReceiver, deadlines: WriteDea
                 };
                 match written {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        outbox.kick(Kick::new(Disconnect::WriteFailed, 1006, "the socket failed"));
+                    Ok(Err(e)) => {
+                        // The client's close frame arrived first (a write after it is refused):
+                        // the closing handshake still needs our reply, which closing sends.
+                        let cause = if e.to_string().contains("after closing") {
+                            Disconnect::ClientClosed
+                        } else {
+                            Disconnect::WriteFailed
+                        };
+                        outbox.kick(Kick::new(cause, 1000, "the connection is closing"));
+                        let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
                         return;
                     }
                     Err(_) => {
@@ -305,19 +359,26 @@ async fn write_burst(
 
 /// The end of a kicked connection, within `deadline`: what is already queued (unless the
 /// client is not reading anyway), then the close frame with the kick's code and reason.
+///
+/// Each step is tried whatever the one before did: after the client's own close frame, frames
+/// and our close frame are refused, but closing the sink still sends the reply the closing
+/// handshake needs.
 async fn goodbye(sink: &mut Sink, receiver: &mut OutboxReceiver, kick: Kick, deadline: Duration) {
     let close = async {
         if !kick.cause.client_stuck() {
             while let Some(frame) = receiver.try_recv() {
-                sink.feed(to_message(frame)).await?;
+                if sink.feed(to_message(frame)).await.is_err() {
+                    break;
+                }
             }
         }
-        sink.send(Message::Close(Some(CloseFrame {
-            code: kick.code,
-            reason: kick.reason.into(),
-        })))
-        .await?;
-        sink.close().await
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: kick.code,
+                reason: kick.reason.into(),
+            })))
+            .await;
+        let _ = sink.close().await;
     };
     let _ = tokio::time::timeout(deadline, close).await;
 }

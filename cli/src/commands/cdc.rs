@@ -73,6 +73,9 @@ pub struct Args {
     /// Most events published to JetStream and not yet acknowledged.
     #[arg(long, env = "REALTIME_CDC_MAX_IN_FLIGHT", default_value_t = 8192)]
     max_in_flight: usize,
+    /// Bearer token /metrics requires (unset: /metrics is open).
+    #[arg(long, env = "REALTIME_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Copies of the REALTIME_DB stream in a NATS cluster (1 to 5; 3 survives a node loss).
     #[arg(long, env = "REALTIME_STREAM_REPLICAS", default_value_t = 1)]
     stream_replicas: usize,
@@ -111,6 +114,7 @@ impl Args {
             http_addr: SocketAddr::new(self.cdc_host, self.cdc_http_port),
             max_in_flight: self.max_in_flight,
             stream_replicas: self.stream_replicas,
+            metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
         })
     }
 }

@@ -92,6 +92,13 @@ pub struct GatewayArgs {
         default_value = "10s"
     )]
     pub write_timeout: String,
+    /// Bearer token /metrics requires (unset: /metrics is open, as on a loopback-only setup).
+    #[arg(
+        long = "realtime-metrics-token",
+        env = "REALTIME_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
     /// Allowed CORS origins: *, or a comma list.
     #[arg(long = "realtime-cors-origin", env = "REALTIME_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -239,6 +246,7 @@ impl GatewayArgs {
             send_queue: self.send_queue,
             write_timeout: config::milliseconds("REALTIME_WRITE_TIMEOUT", &self.write_timeout)
                 .map_err(CliError::usage)?,
+            metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
             cors_origin: self.cors_origin,
             max_connections_per_ip_per_minute: self.max_connections_per_ip_per_minute,
             trust_forwarded_for: boolean(

@@ -167,6 +167,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
         http_addr: SocketAddr::new(loopback, args.cdc_http_port),
         max_in_flight: 8192,
         stream_replicas: 1,
+        metrics_token: gateway_config.metrics_token.clone(),
     };
 
     let listener = bind(gateway_config.listen).await?;

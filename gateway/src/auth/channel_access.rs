@@ -18,6 +18,21 @@ use crate::db::Pooled;
 use nself_realtime_shared::jwt::Claims;
 use nself_realtime_shared::postgres_error::describe;
 
+/// The longest channel name (a `realtime.channels` slug, a topic, a room) accepted.
+pub const MAX_CHANNEL_NAME: usize = 255;
+
+/// Why a channel name is refused before anything looks it up. Control characters, NUL among
+/// them (which Postgres text cannot hold), never reach a query, so no client sees a database
+/// error for a name.
+pub const CHANNEL_NAME_RULE: &str =
+    "the channel name must be 1 to 255 bytes without control characters";
+
+/// Whether `name` may name a channel on any protocol: 1 to [`MAX_CHANNEL_NAME`] bytes, no
+/// control characters.
+pub fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_CHANNEL_NAME && !name.chars().any(char::is_control)
+}
+
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelAccess {

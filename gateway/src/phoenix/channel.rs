@@ -20,7 +20,7 @@ use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
 use crate::subscriber::{Subscriber, Wire};
 use nself_realtime_shared::bus::StartAt;
-use nself_realtime_shared::event::EventId;
+use nself_realtime_shared::event::{Column, EventId};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -170,8 +170,8 @@ impl Channels {
             _ => return Err(Refusal("phx_join payload must be an object".into())),
         };
         let slug = slug_of(&frame.topic).to_string();
-        if slug.is_empty() || slug.len() > 255 {
-            return Err(Refusal("the channel name must be 1 to 255 bytes".into()));
+        if !channel_access::valid_channel_name(&slug) {
+            return Err(Refusal(channel_access::CHANNEL_NAME_RULE.into()));
         }
         // A second join of a joined topic replaces the first, as Phoenix does.
         if let Some(previous) = self.joined.remove(&frame.topic) {
@@ -234,7 +234,7 @@ impl Channels {
         };
 
         let access = self.authorize(&identity, &slug, private).await?;
-        self.check_tables(&identity, &bindings).await?;
+        let warnings = self.check_tables(&identity, &bindings).await?;
 
         let subscriber = Arc::new(Subscriber::new(
             self.outbox.clone(),
@@ -326,6 +326,20 @@ impl Channels {
                 })),
             ));
         }
+        for warning in warnings {
+            self.outbox.send(frame::push(
+                self.vsn,
+                frame.join_ref.as_deref(),
+                &frame.topic,
+                "system",
+                &raw(&json!({
+                    "message": warning,
+                    "status": "warning",
+                    "extension": "postgres_changes",
+                    "channel": slug,
+                })),
+            ));
+        }
         if let Some(start) = start {
             for (membership, subscription) in &joined.feeds {
                 self.gateway.feeds.replay(
@@ -373,8 +387,15 @@ impl Channels {
         Ok(access)
     }
 
-    /// Every table a binding names must exist and be readable under the identity's role.
-    async fn check_tables(&self, identity: &Identity, bindings: &[Binding]) -> Result<(), Refusal> {
+    /// Every table a binding names must exist and be readable under the identity's role, and
+    /// each filter must be able to match: its columns exist and its values convert to their
+    /// types. Returns warnings for the client: tables no publication carries, whose changes
+    /// would never come.
+    async fn check_tables(
+        &self,
+        identity: &Identity,
+        bindings: &[Binding],
+    ) -> Result<Vec<String>, Refusal> {
         let mut tables: Vec<(&str, &str)> = Vec::new();
         for binding in bindings {
             if let (Some(schema), Some(table)) = (&binding.schema, &binding.table) {
@@ -384,15 +405,23 @@ impl Channels {
             }
         }
         if tables.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut client = self.connection().await?;
         let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
+        // Column types as the CDC names them in change events (a domain as its base type).
         let rows = crate::auth::session::query_as(
             &mut client,
             &identity.claims,
             &self.gateway.roles,
-            "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false)
+            "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
+                    EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.schemaname = u.s AND p.tablename = u.t),
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+                    coalesce((SELECT array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum)
+                                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                                LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
              LEFT JOIN pg_namespace n ON n.nspname = u.s
              LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
@@ -400,9 +429,10 @@ impl Channels {
             &[&schemas, &names],
         )
         .await?;
+        let mut warnings = Vec::new();
         for row in rows {
-            let (schema, table, exists, readable): (&str, &str, bool, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (schema, table, exists, readable, published): (&str, &str, bool, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
             if !exists {
                 return Err(Refusal(format!("table {schema}.{table} does not exist")));
             }
@@ -412,8 +442,36 @@ impl Channels {
                     identity.claims.role().unwrap_or("anon")
                 )));
             }
+            let names: Vec<String> = row.get(5);
+            let types: Vec<String> = row.get(6);
+            let columns: Vec<Column> = names
+                .into_iter()
+                .zip(types)
+                .map(|(name, type_name)| Column { name, type_name })
+                .collect();
+            for binding in bindings.iter().filter(|b| {
+                b.schema.as_deref() == Some(schema) && b.table.as_deref() == Some(table)
+            }) {
+                if let Some(filter) = &binding.filter {
+                    filter.check_types(&columns).map_err(|e| {
+                        Refusal(format!(
+                            "invalid filter {:?} on {schema}.{table}: {e}",
+                            binding
+                                .echo
+                                .get("filter")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                        ))
+                    })?;
+                }
+            }
+            if !published {
+                warnings.push(format!(
+                    "table {schema}.{table} is not published, so no changes of it will arrive: run `nself-realtime subscribe {schema}.{table}`"
+                ));
+            }
         }
-        Ok(())
+        Ok(warnings)
     }
 
     /// When the first joined channel's token expires (the reader waits for it).
@@ -520,7 +578,7 @@ impl Channels {
             Ok(access) => self
                 .check_tables(&identity, &bindings)
                 .await
-                .map(|()| access),
+                .map(|_| access),
             Err(refusal) => Err(refusal),
         };
         match authorized {

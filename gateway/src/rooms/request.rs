@@ -6,6 +6,7 @@
 //! map to one [`Request`] here, read from the same payload fields (a room is `roomName`,
 //! `channel` or `room`), so the two protocols cannot drift apart.
 
+use crate::auth::channel_access::{self, MAX_CHANNEL_NAME};
 use serde_json::{json, Map, Value};
 
 /// A request of the nself API.
@@ -108,9 +109,6 @@ impl ApiError {
     }
 }
 
-/// The longest room name accepted (a channel slug's limit).
-pub const MAX_ROOM_NAME: usize = 255;
-
 /// Reads a request named `name` (a Socket.IO event or a `/ws` type) from its payload.
 pub fn parse(name: &str, payload: &Value) -> Result<Request, ApiError> {
     let empty = Map::new();
@@ -167,7 +165,7 @@ pub fn parse(name: &str, payload: &Value) -> Result<Request, ApiError> {
             room: room()?,
             thread_id: match fields.get("threadId").or(fields.get("thread_id")) {
                 None | Some(Value::Null) => None,
-                Some(Value::String(t)) if t.len() <= MAX_ROOM_NAME => Some(t.clone()),
+                Some(Value::String(t)) if t.len() <= MAX_CHANNEL_NAME => Some(t.clone()),
                 Some(_) => {
                     return Err(ApiError::validation(
                         "threadId must be a string of at most 255 bytes",
@@ -210,7 +208,7 @@ pub fn parse(name: &str, payload: &Value) -> Result<Request, ApiError> {
             event: fields
                 .get("event")
                 .and_then(Value::as_str)
-                .filter(|e| !e.is_empty() && e.len() <= MAX_ROOM_NAME)
+                .filter(|e| !e.is_empty() && e.len() <= MAX_CHANNEL_NAME)
                 .ok_or_else(|| {
                     ApiError::validation("broadcast needs an event name of 1 to 255 bytes")
                 })?
@@ -226,19 +224,11 @@ pub fn parse(name: &str, payload: &Value) -> Result<Request, ApiError> {
     })
 }
 
-/// A room name: a string of 1 to 255 bytes without control characters.
+/// A room name: a valid channel name ([`channel_access::valid_channel_name`]).
 fn room_name(value: Option<&Value>) -> Result<String, ApiError> {
     match value {
-        Some(Value::String(name))
-            if !name.is_empty()
-                && name.len() <= MAX_ROOM_NAME
-                && !name.chars().any(char::is_control) =>
-        {
-            Ok(name.clone())
-        }
-        Some(Value::String(_)) => Err(ApiError::validation(
-            "the room name must be 1 to 255 bytes without control characters",
-        )),
+        Some(Value::String(name)) if channel_access::valid_channel_name(name) => Ok(name.clone()),
+        Some(Value::String(_)) => Err(ApiError::validation(channel_access::CHANNEL_NAME_RULE)),
         _ => Err(ApiError::validation(
             "name the room: {\"roomName\": \"general\"} (or \"channel\")",
         )),

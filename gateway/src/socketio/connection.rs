@@ -226,10 +226,11 @@ impl Session for SocketIoSession {
             }
             // Socket.IO clients buffer events until connected; anything earlier is a stray.
             ClientPacket::Event { .. } => {}
-            ClientPacket::Disconnect | ClientPacket::Close => {
-                self.outbox
-                    .kick(Kick::new(Disconnect::ClientClosed, 1000, ""))
-            }
+            ClientPacket::Disconnect | ClientPacket::Close => self.outbox.kick(Kick::new(
+                Disconnect::ClientClosed,
+                1000,
+                "the client disconnected",
+            )),
             ClientPacket::Ping => {
                 self.outbox.send(packet::pong());
             }
