@@ -198,3 +198,61 @@ async fn metrics_need_the_token_when_one_is_set() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// Tokens with malformed registered claims are refused at the upgrade and at a join, naming the
+/// claim (a string `exp` used to be a token that never expired; a non-string role became anon).
+#[tokio::test]
+async fn tokens_with_malformed_claims_are_refused_with_the_claim_named() {
+    let stack = stack().await;
+    let gateway = &stack.gateways[0];
+    let far = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600)
+        .to_string();
+    for (claims, claim) in [
+        (json!({"role": "authenticated", "exp": far}), "exp"),
+        (
+            json!({"role": "authenticated", "nbf": "0", "exp": 9_999_999_999u64}),
+            "nbf",
+        ),
+        (json!({"role": 1, "exp": 9_999_999_999u64}), "role"),
+        (
+            json!({"role": ["service_role"], "exp": 9_999_999_999u64}),
+            "role",
+        ),
+    ] {
+        let jwt = nself_realtime_shared::jwt::mint_hs256(
+            realtime_tests::TEST_JWT_SECRET,
+            claims.as_object().unwrap(),
+        );
+        let refused = realtime_tests::ws_connect(&gateway.websocket_url(&jwt, "1.0.0")).await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+            panic!("{claims}: the upgrade was not refused: {refused:?}");
+        };
+        assert_eq!(response.status().as_u16(), 401, "{claims}");
+        let body =
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            body.contains(claim) && body.contains("claim must be"),
+            "{claims}: {body}"
+        );
+
+        // The same token as a join's access_token, on a socket opened with a good one.
+        let mut client = PhoenixClient::connect(&gateway.websocket_url(&user(), "1.0.0"))
+            .await
+            .unwrap();
+        let (_, reply) = client
+            .join("realtime:t", json!({"access_token": jwt}))
+            .await;
+        assert_eq!(reply["status"], "error", "{claims}: {reply}");
+        assert!(
+            reply["response"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("claim"),
+            "{claims}: {reply}"
+        );
+    }
+}
