@@ -156,20 +156,7 @@ pub fn serve<S: Session + 'static>(
         }
         let kick = outbox.kick_of();
         let stuck = kick.as_ref().is_some_and(|k| k.cause.client_stuck());
-        if !peer_done && !stuck && !read_failed {
-            read_failed = !linger(&mut stream).await;
-        }
-        if read_failed {
-            // What the client still sends cannot be read (and dropped) any more; keep the
-            // socket open a moment in the background so the close frame is read before the
-            // reset that closing it with unread data causes.
-            tokio::spawn(async move {
-                tokio::time::sleep(CLOSE_DEADLINE).await;
-                drop(stream);
-            });
-        } else {
-            drop(stream);
-        }
+        release_socket(stream, peer_done || stuck, read_failed).await;
         record_disconnect(&gateway, kick.as_ref());
         let user = gateway.registry.close(outbox.id);
         gateway
@@ -178,6 +165,27 @@ pub fn serve<S: Session + 'static>(
         drop(slot);
     }
     .instrument(span)
+}
+
+/// Lets go of the socket's read half (the writer has dropped the other) so that the client
+/// reads the close frame: unless the client is done (its close frame came, or it is not
+/// reading anyway), what it still sends is drained first ([`linger`]); a stream that can no
+/// longer be read is held open [`CLOSE_DEADLINE`] in the background instead, since closing
+/// with unread data resets the connection.
+async fn release_socket(
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    client_done: bool,
+    mut unreadable: bool,
+) {
+    if !client_done && !unreadable {
+        unreadable = !linger(&mut stream).await;
+    }
+    if unreadable {
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_DEADLINE).await;
+            drop(stream);
+        });
+    }
 }
 
 /// After a close the server started: reads (and drops) what the client still sends until its

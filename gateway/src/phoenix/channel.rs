@@ -313,32 +313,10 @@ impl Channels {
         self.reply(frame, "ok", response);
         subscriber.open();
         if !bindings.is_empty() {
-            self.outbox.send(frame::push(
-                self.vsn,
-                frame.join_ref.as_deref(),
-                &frame.topic,
-                "system",
-                &raw(&json!({
-                    "message": "Subscribed to PostgreSQL",
-                    "status": "ok",
-                    "extension": "postgres_changes",
-                    "channel": slug,
-                })),
-            ));
+            self.postgres_changes_notice(frame, &slug, "ok", "Subscribed to PostgreSQL");
         }
         for warning in warnings {
-            self.outbox.send(frame::push(
-                self.vsn,
-                frame.join_ref.as_deref(),
-                &frame.topic,
-                "system",
-                &raw(&json!({
-                    "message": warning,
-                    "status": "warning",
-                    "extension": "postgres_changes",
-                    "channel": slug,
-                })),
-            ));
+            self.postgres_changes_notice(frame, &slug, "warning", &warning);
         }
         if let Some(start) = start {
             for (membership, subscription) in &joined.feeds {
@@ -351,6 +329,22 @@ impl Channels {
         }
         self.joined.insert(frame.topic.clone(), joined);
         Ok(())
+    }
+
+    /// A `system` message of the postgres_changes extension on the channel `frame` joined.
+    fn postgres_changes_notice(&self, frame: &InFrame, slug: &str, status: &str, message: &str) {
+        self.outbox.send(frame::push(
+            self.vsn,
+            frame.join_ref.as_deref(),
+            &frame.topic,
+            "system",
+            &raw(&json!({
+                "message": message,
+                "status": status,
+                "extension": "postgres_changes",
+                "channel": slug,
+            })),
+        ));
     }
 
     /// A pooled Postgres connection for an authorization query.
