@@ -136,8 +136,8 @@ pub fn serve<S: Session + 'static>(
                         break;
                     }
                 }
-                // Kicked from elsewhere (a full queue in the fanout, the writer's deadline).
-                _ = outbox.kicked() => break,
+                // The writer ended: kicked from anywhere (it says goodbye, then ends), a write past
+                // its deadline, or a dead socket.
                 _ = &mut writer => {
                     writer_done = true;
                     break;
@@ -156,7 +156,7 @@ pub fn serve<S: Session + 'static>(
         }
         let kick = outbox.kick_of();
         let stuck = kick.as_ref().is_some_and(|k| k.cause.client_stuck());
-        release_socket(stream, peer_done || stuck, read_failed).await;
+        Box::pin(release_socket(stream, peer_done || stuck, read_failed)).await;
         record_disconnect(&gateway, kick.as_ref());
         let user = gateway.registry.close(outbox.id);
         gateway
@@ -295,11 +295,13 @@ type Sink = futures::stream::SplitSink<WebSocket, Message>;
 /// ends too.
 async fn write(mut sink: Sink, mut receiver: OutboxReceiver, deadlines: WriteDeadlines) {
     let outbox = receiver.outbox();
+    // The rarely taken paths (a burst under its deadline, the goodbye) are boxed: this future
+    // is allocated for every connection, and its size is its largest state.
     loop {
         tokio::select! {
             biased;
             kick = outbox.kicked() => {
-                goodbye(&mut sink, &mut receiver, kick, deadlines.close).await;
+                Box::pin(goodbye(&mut sink, &mut receiver, kick, deadlines.close)).await;
                 return;
             }
             frame = receiver.recv() => {
@@ -307,10 +309,10 @@ async fn write(mut sink: Sink, mut receiver: OutboxReceiver, deadlines: WriteDea
                 let written = tokio::select! {
                     biased;
                     kick = outbox.kicked() => {
-                        goodbye(&mut sink, &mut receiver, kick, deadlines.close).await;
+                        Box::pin(goodbye(&mut sink, &mut receiver, kick, deadlines.close)).await;
                         return;
                     }
-                    written = tokio::time::timeout(deadlines.burst, write_burst(&mut sink, &mut receiver, frame)) => written,
+                    written = Box::pin(tokio::time::timeout(deadlines.burst, write_burst(&mut sink, &mut receiver, frame))) => written,
                 };
                 match written {
                     Ok(Ok(())) => {}
@@ -323,7 +325,7 @@ async fn write(mut sink: Sink, mut receiver: OutboxReceiver, deadlines: WriteDea
                             Disconnect::WriteFailed
                         };
                         outbox.kick(Kick::new(cause, 1000, "the connection is closing"));
-                        let _ = tokio::time::timeout(deadlines.close, sink.close()).await;
+                        let _ = Box::pin(tokio::time::timeout(deadlines.close, sink.close())).await;
                         return;
                     }
                     Err(_) => {
