@@ -112,17 +112,12 @@ impl CdcBus {
                     .await
                     .map_err(StartError::nats_connect)?;
                 let js = async_nats::jetstream::new(nats.clone());
-                let hint =
-                    "NATS_URL must point at a server with JetStream enabled (nats-server -js)";
-                publisher::ensure_stream(&js, settings)
-                    .await
-                    .map_err(|e| match e {
-                        // Nobody answers JetStream requests: the server runs without it.
-                        e if e.to_string().contains("no responders") => {
-                            StartError::Config(format!("{e}; {hint}"))
-                        }
-                        e => StartError::Unavailable(format!("{e} ({hint})")),
-                    })?;
+                publisher::ensure_stream(&js, settings).await.map_err(|e| {
+                    StartError::jetstream_setup(
+                        e,
+                        "NATS_URL must point at a server with JetStream enabled (nats-server -js)",
+                    )
+                })?;
                 Ok(CdcBus::Nats(nats))
             }
             BusConfig::InProcess { log, broker } => Ok(CdcBus::InProcess {

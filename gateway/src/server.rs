@@ -64,7 +64,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/health", get(health))
         .route("/health/ready", get(health))
-        .route("/health/live", get(live))
+        .route("/health/live", get(crate::starting::live))
         .route("/metrics", get(metrics));
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
         router = router.layer(cors);
@@ -415,15 +415,6 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
-}
-
-/// Liveness: the process serves requests (readiness is `/health`).
-async fn live() -> Response {
-    (
-        StatusCode::OK,
-        Json(json!({"status": "ok", "role": "gateway"})),
-    )
-        .into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

@@ -80,7 +80,9 @@ async fn not_ready(State(starting): State<Starting>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn live() -> Response {
+/// Liveness: the process serves requests (readiness is `/health`). The real server answers
+/// `/health/live` with this too.
+pub async fn live() -> Response {
     (
         StatusCode::OK,
         Json(json!({"status": "ok", "role": "gateway"})),

@@ -41,6 +41,18 @@ impl StartError {
         }
     }
 
+    /// A failure to set up JetStream state (a stream, a bucket): nobody answering JetStream
+    /// requests means the server runs without it, a configuration error; anything else (a
+    /// timeout, a cluster still electing its leader) is an outage. `hint` names the fix.
+    pub fn jetstream_setup(e: impl std::fmt::Display, hint: &str) -> StartError {
+        let text = e.to_string();
+        if text.contains("no responders") {
+            StartError::Config(format!("{text}; {hint}"))
+        } else {
+            StartError::Unavailable(format!("{text} ({hint})"))
+        }
+    }
+
     /// A failure to connect to NATS: refused settings are configuration, the rest an outage.
     pub fn nats_connect(e: crate::nats::NatsConnectError) -> StartError {
         if e.is_configuration() {

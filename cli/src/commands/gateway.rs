@@ -301,12 +301,10 @@ pub async fn nats_backends(
     let js = async_nats::jetstream::new(client.clone());
     // Entries are refreshed every heartbeat/2; the bucket only needs to outlive that to
     // collect what dead gateways leave.
-    let hint = "check that nats-server runs with JetStream (-js)";
     let presence = KvPresence::open(js.clone(), heartbeat * 3, replicas)
         .await
-        .map_err(|e| match e.to_string() {
-            text if text.contains("no responders") => StartError::Config(format!("{text}; {hint}")),
-            text => StartError::Unavailable(format!("{text} ({hint})")),
+        .map_err(|e| {
+            StartError::jetstream_setup(e, "check that nats-server runs with JetStream (-js)")
         })?;
     Ok(Backends {
         broker: Arc::new(NatsBroker::new(client)),

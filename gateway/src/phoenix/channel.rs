@@ -403,24 +403,28 @@ impl Channels {
         }
         let mut client = self.connection().await?;
         let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
-        // Column types as the CDC names them in change events (a domain as its base type).
+        let filtered = bindings.iter().any(|b| b.filter.is_some());
+        // Column types as the CDC names them in change events (a domain as its base type),
+        // read only when a filter is to be checked against them.
         let rows = crate::auth::session::query_as(
             &mut client,
             &identity.claims,
             &self.gateway.roles,
             "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
                     EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.schemaname = u.s AND p.tablename = u.t),
-                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
-                    coalesce((SELECT array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum)
-                                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                                LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
-                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
+                    coalesce(cols.names, '{}'), coalesce(cols.types, '{}')
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
              LEFT JOIN pg_namespace n ON n.nspname = u.s
              LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
+             LEFT JOIN LATERAL (
+                 SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+                        array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum) AS types
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                 LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
+                 WHERE $3 AND a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ) cols ON true
              ORDER BY u.i",
-            &[&schemas, &names],
+            &[&schemas, &names, &filtered],
         )
         .await?;
         let mut warnings = Vec::new();
