@@ -5,7 +5,9 @@
 //! Postgres. Around that core: the NOTIFY bridge, the hot-standby leader election, the health
 //! endpoint, the Postgres-wire endpoint for `SUBSCRIBE`/`LISTEN`, and the migrations `init` applies.
 
+pub mod bus;
 pub mod health;
+pub mod metrics;
 pub mod migrations;
 pub mod notify;
 pub mod pgoutput;

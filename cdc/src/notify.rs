@@ -11,7 +11,8 @@
 //! again. NOTIFY is fire-and-forget in Postgres too: notifications sent while no bridge listens
 //! (during a reconnect or a failover) are not replayed.
 
-use crate::health::{CdcMetrics, Role};
+use crate::health::Role;
+use crate::metrics::CdcMetrics;
 use crate::postgres_error::describe;
 use crate::sql::quote_ident;
 use futures::StreamExt;
@@ -65,7 +66,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "NOTIFY bridge lost its connection; reconnecting");
             }
         }
-        tokio::time::sleep(crate::service::backoff(failures)).await;
+        tokio::time::sleep(nself_realtime_shared::startup::backoff(failures)).await;
     }
 }
 

@@ -18,13 +18,14 @@
 //! connection; in process it appends to the in-process change log, whose acknowledgements are
 //! immediate. The loop is the same for both.
 
-use crate::health::{CdcMetrics, HealthState, Role};
+use crate::bus::CdcBus;
+use crate::health::{HealthState, Role};
+use crate::metrics::CdcMetrics;
 use crate::pgoutput::events::{EventBuilder, Step};
 use crate::pgoutput::messages::Message;
 use crate::postgres_error::describe;
 use crate::publisher::{self, PublishError, Publisher, StreamSettings, Target};
 use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
-use crate::service::CdcBus;
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::postgres_tls::Database;
 use std::sync::Arc;

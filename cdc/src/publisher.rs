@@ -28,7 +28,7 @@
 //! skips every id up to the log's last one ([`last_logged`]), and the log itself drops an id
 //! not greater than its last one, as JetStream's `Nats-Msg-Id` does.
 
-use crate::health::CdcMetrics;
+use crate::metrics::CdcMetrics;
 use async_nats::jetstream::context::{Context, PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;

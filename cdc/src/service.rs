@@ -2,11 +2,9 @@
 //! configuration, connect the bus, start the side services (health, Postgres-wire endpoint,
 //! NOTIFY bridge), then run replication sessions until shutdown.
 //!
-//! The bus is a choice ([`BusConfig`]): NATS with JetStream for a CDC sidecar serving any number
-//! of gateways, or the in-process [`MemoryChangeLog`] and [`MemoryBroker`] that `up` shares with
-//! the gateway running in the same process when `NATS_URL` is unset. Once connected it is a
-//! [`CdcBus`], which every part of the service holds; only the NATS variant has a connection to
-//! watch, a server `max_payload` and a stream to create.
+//! The bus is a choice ([`BusConfig`], in [`crate::bus`]): NATS with JetStream, or the
+//! in-process bus of `up`. Once connected it is a [`CdcBus`], which every part of the service
+//! holds.
 //!
 //! Startup problems a person must fix (`wal_level` not logical, missing privileges, wrong
 //! credentials, a missing database or schema, NATS without JetStream, a port in use) are
@@ -18,12 +16,13 @@
 //! streamed by another process makes this one a hot standby that retries every
 //! [`STANDBY_RETRY`].
 
-use crate::health::{self, CdcMetrics, HealthState, Role};
+pub use crate::bus::{BusConfig, CdcBus};
+use crate::health::{self, HealthState, Role};
+use crate::metrics::CdcMetrics;
 use crate::pipeline::{self, Session, SessionError};
 use crate::postgres_error::describe;
-use crate::publisher::{self, StreamSettings};
+use crate::publisher::StreamSettings;
 use crate::{notify, publications, wire};
-use nself_realtime_shared::bus::{Broker, MemoryBroker, MemoryChangeLog, NatsBroker};
 use nself_realtime_shared::postgres_tls::Database;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,101 +56,6 @@ pub struct CdcConfig {
     /// Copies of the `REALTIME_DB` stream in a NATS cluster (`REALTIME_STREAM_REPLICAS`). NATS
     /// only.
     pub stream_replicas: usize,
-}
-
-/// Which bus the CDC publishes to.
-#[derive(Clone)]
-pub enum BusConfig {
-    /// NATS with JetStream at `url` (`NATS_URL`, a comma list for a cluster): change events to
-    /// the stream `REALTIME_DB`, NOTIFY payloads to core NATS.
-    Nats { url: String },
-    /// The in-process bus (`nself-realtime up` without `NATS_URL`): change events appended to
-    /// `log`, NOTIFY payloads published on `broker`. Pass clones of the log and broker the
-    /// gateway of the same process reads; keep the log across restarts of the service so a
-    /// restarted CDC skips what the log already holds.
-    InProcess {
-        log: MemoryChangeLog,
-        broker: MemoryBroker,
-    },
-}
-
-impl std::fmt::Debug for BusConfig {
-    /// The NATS URL may hold credentials, so it is left out.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BusConfig::Nats { .. } => f.debug_struct("Nats").finish_non_exhaustive(),
-            BusConfig::InProcess { log, .. } => f
-                .debug_struct("InProcess")
-                .field("last_id", &log.last_id().map(|id| id.to_string()))
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
-/// The bus once connected, shared by the replication session, the NOTIFY bridge, the
-/// Postgres-wire endpoint and `/health`. Cloning shares the connection (or the in-process log
-/// and broker).
-#[derive(Clone)]
-pub enum CdcBus {
-    Nats(async_nats::Client),
-    InProcess {
-        log: MemoryChangeLog,
-        broker: MemoryBroker,
-    },
-}
-
-impl CdcBus {
-    /// Connects to NATS and creates or updates the stream; the in-process bus is ready as is.
-    pub async fn connect(
-        config: &BusConfig,
-        settings: &StreamSettings,
-    ) -> Result<CdcBus, StartError> {
-        match config {
-            BusConfig::Nats { url } => {
-                let nats = nself_realtime_shared::nats::connect(url, "nself-realtime-cdc")
-                    .await
-                    .map_err(StartError::nats_connect)?;
-                let js = async_nats::jetstream::new(nats.clone());
-                publisher::ensure_stream(&js, settings).await.map_err(|e| {
-                    StartError::jetstream_setup(
-                        e,
-                        "NATS_URL must point at a server with JetStream enabled (nats-server -js)",
-                    )
-                })?;
-                Ok(CdcBus::Nats(nats))
-            }
-            BusConfig::InProcess { log, broker } => Ok(CdcBus::InProcess {
-                log: log.clone(),
-                broker: broker.clone(),
-            }),
-        }
-    }
-
-    /// Where NOTIFY payloads go: core NATS, or the in-process broker.
-    pub fn broker(&self) -> Arc<dyn Broker> {
-        match self {
-            CdcBus::Nats(nats) => Arc::new(NatsBroker::new(nats.clone())),
-            CdcBus::InProcess { broker, .. } => Arc::new(broker.clone()),
-        }
-    }
-
-    /// Whether events can reach the bus now (the in-process bus always can).
-    pub fn is_connected(&self) -> bool {
-        match self {
-            CdcBus::Nats(nats) => {
-                nats.connection_state() == async_nats::connection::State::Connected
-            }
-            CdcBus::InProcess { .. } => true,
-        }
-    }
-
-    /// Waits until everything published so far reached the server (nothing to wait for in
-    /// process).
-    pub async fn flush(&self) {
-        if let CdcBus::Nats(nats) = self {
-            let _ = nats.flush().await;
-        }
-    }
 }
 
 use nself_realtime_shared::startup::until_available;

@@ -34,7 +34,7 @@ mod session;
 pub use connection::NOTIFICATION_QUEUE;
 pub use session::MAX_LISTENS_PER_CONNECTION;
 
-use crate::service::CdcBus;
+use crate::bus::CdcBus;
 use nself_realtime_shared::bus::MemoryChangeLog;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
