@@ -1,51 +1,14 @@
-//! Running the real `nself-realtime` binary in tests: `init`, and `cdc` as a child process that
-//! can be killed with SIGKILL, stopped with SIGTERM, and asked for its `/health`; plus reading
-//! back what reached JetStream.
-//!
-//! The binary is the one `cargo build` put beside the test executables (`scripts/test` builds
-//! the workspace before testing).
+//! The CDC in tests: `init`, and `cdc` as a child process that can be killed with SIGKILL,
+//! stopped with SIGTERM, and asked for its `/health`; plus reading back what reached JetStream.
 
+use crate::http::http_get_json;
 use crate::nats::NatsAccount;
 use crate::postgres::TestDb;
 use crate::process::free_port;
-use crate::service::ServiceProcess;
+use crate::service::{run_cli, ServiceProcess};
 use futures::StreamExt;
 use nself_realtime_shared::event::ChangeEvent;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// Path of the `nself-realtime` binary of this build.
-pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current executable");
-    // Tests run from target/<profile>/deps/, binaries (realtime-bench) from target/<profile>/;
-    // nself-realtime is in target/<profile>/ either way.
-    let dir = exe.parent().expect("executable in a directory");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("target/<profile>")
-    } else {
-        dir
-    };
-    let binary = dir.join("nself-realtime");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p nself-realtime` first (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
-
-/// Runs `nself-realtime <args>` to completion with `env` and returns its output.
-pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("NATS_URL")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nself-realtime")
-}
 
 /// `nself-realtime init` against the test database; panics if it fails.
 pub fn init(db: &TestDb) {
@@ -128,63 +91,6 @@ impl CdcProcess {
             .wait_for_health(self.http_port, limit, |body| body["role"] == role)
             .await
     }
-}
-
-/// A minimal HTTP/1.1 GET of a JSON document on 127.0.0.1.
-pub async fn http_get_json(port: u16, path: &str) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = http_get(port, path).await?;
-    Some((status, serde_json::from_str(&body).ok()?))
-}
-
-/// A minimal HTTP/1.1 GET on 127.0.0.1: the status code and the body as text.
-pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_request(port, "GET", path, &[], "").await
-}
-
-/// A minimal HTTP/1.1 POST of a JSON body with a bearer token: the status code and the body.
-pub async fn http_post(port: u16, path: &str, bearer: &str, body: &str) -> Option<(u16, String)> {
-    let authorization = format!("Bearer {bearer}");
-    http_request(
-        port,
-        "POST",
-        path,
-        &[
-            ("Authorization", &authorization),
-            ("Content-Type", "application/json"),
-        ],
-        body,
-    )
-    .await
-}
-
-/// A minimal HTTP/1.1 request on 127.0.0.1 (the connection closes after it).
-pub async fn http_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// Reads the `REALTIME_DB` stream from its first message until it holds `expected` events, or

@@ -19,6 +19,7 @@
 mod cdc;
 pub mod cli_output;
 mod gateway;
+mod http;
 mod nats;
 mod phoenix_client;
 mod postgres;
@@ -26,16 +27,14 @@ mod process;
 mod service;
 mod socketio_client;
 
-pub use cdc::{
-    binary, http_get, http_get_json, http_post, http_request, init, read_change_stream, run_cli,
-    stream_message_count, try_read_change_stream, CdcProcess,
-};
+pub use cdc::{init, read_change_stream, stream_message_count, try_read_change_stream, CdcProcess};
 pub use gateway::{token, GatewayProcess, Stack, TEST_JWT_SECRET};
+pub use http::{http_get, http_get_json, http_post, http_request};
 pub use nats::{Nats, NatsAccount};
 pub use phoenix_client::{Closed, Frame, PhoenixClient};
 pub use postgres::{connect as connect_url, Postgres, TestDb, TlsFiles};
 pub use process::free_port;
-pub use service::ServiceProcess;
+pub use service::{binary, run_cli, ServiceProcess};
 pub use socketio_client::SocketIoClient;
 /// WebSocket messages, for tests that send raw frames through [`PhoenixClient::send_raw`].
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;

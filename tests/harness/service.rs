@@ -1,11 +1,47 @@
 //! Running a long-lived `nself-realtime` subcommand (`cdc`, `gateway`, `up`) as a child process
 //! that tests can kill with SIGKILL, stop with SIGTERM, restart, and ask for `/health`; its
-//! stdout and stderr go to a log file that is printed when a test fails.
+//! stdout and stderr go to a log file that is printed when a test fails. Also where the binary
+//! is found, and one-shot runs of it.
+//!
+//! The binary is the one `cargo build` put beside the test executables (`scripts/test` builds
+//! the workspace before testing).
 
-use crate::cdc::{binary, http_get_json};
+use crate::http::http_get_json;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Path of the `nself-realtime` binary of this build.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    // Tests run from target/<profile>/deps/, binaries (realtime-bench) from target/<profile>/;
+    // nself-realtime is in target/<profile>/ either way.
+    let dir = exe.parent().expect("executable in a directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
+    let binary = dir.join("nself-realtime");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p nself-realtime` first (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `nself-realtime <args>` to completion with `env` and returns its output.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nself-realtime")
+}
 
 /// A running `nself-realtime <subcommand>`. Dropping it kills the process.
 pub struct ServiceProcess {
