@@ -3,135 +3,68 @@
 //! A message goes from the sending client (or the REST endpoint) to the broker subject
 //! `realtime.broadcast.<topic>`; every gateway with subscribers on the topic holds one broker
 //! subscription for it (interest-based) and fans each message out to its local subscribers,
-//! encoding it once per wire format and sharing the bytes.
-//!
-//! On the broker a message is an [`Envelope`]: `[u32 header length][header JSON][payload]`, the
-//! payload being the user's JSON text or raw bytes (realtime-js's binary broadcasts), so binary
-//! payloads cross gateways without base64 and JSON payloads are never re-parsed.
+//! encoding it once per wire format and sharing the bytes. On the broker a message is an
+//! [`Envelope`].
 //!
 //! The same rooms carry the nself events that reach every subscriber of a channel whatever its
 //! protocol: chat messages ([`Kind::Message`], sent ephemerally or relayed from the database by
-//! [`crate::messages`]) and, on instances fed by other subjects ([`Source`]), NOTIFY payloads
-//! ([`Kind::Notification`]) and typing signals, which a room turns into who-is-typing events
-//! ([`crate::typing`]). [`crate::wire`] encodes each kind per protocol.
+//! [`crate::messages`]) and, on instances fed by other subjects (a [`RoomFeed`]), NOTIFY
+//! payloads ([`NotifyFeed`]) and typing signals ([`crate::typing`] builds its rooms on these).
+//! [`crate::wire`] encodes each kind per protocol.
 
-use crate::outbox::ConnId;
-use crate::phoenix::frame::{BroadcastPayload, OutFrame};
+use crate::envelope::{BroadcastPayload, Envelope, EnvelopeError, Kind};
+use crate::outbox::{ConnId, OutFrame};
 use crate::subscriber::{Subscriber, Wire};
-use crate::typing::{self, Typists};
 use crate::wire;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use nself_realtime_shared::bus::{Broker, BusError};
-use nself_realtime_shared::subject;
-use serde::{Deserialize, Serialize};
+use nself_realtime_shared::subject::{self, SubjectError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::OnceCell;
 
-/// Who sent a broadcast: a gateway and one of its connections (absent for REST broadcasts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sender {
-    pub gateway: u64,
-    pub conn: ConnId,
+/// What feeds a set of rooms: the broker subject of a topic, and what each message on it
+/// becomes for the room's subscribers.
+pub trait RoomFeed: Send + Sync + 'static {
+    /// The broker subject a topic's messages are published and read on.
+    fn subject(&self, topic: &str) -> Result<String, SubjectError>;
+
+    /// The envelope a broker message on `room`'s subject becomes, or `None` when it changes
+    /// nothing the subscribers see.
+    fn receive(&self, room: &str, payload: Bytes) -> Result<Option<Envelope>, EnvelopeError>;
 }
 
-/// What a room message is, which decides how each protocol shows it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A client's or the REST API's broadcast: any event name, any payload.
-    #[default]
-    User,
-    /// A chat message (`message:new`, `message:updated`, `message:deleted`), built by a gateway.
-    Message,
-    /// Who is typing (`typing:event`), built by [`crate::typing`].
-    Typing,
-    /// A Postgres NOTIFY payload (`db:notification`), relayed from the CDC.
-    Notification,
-}
+/// `realtime.broadcast.<topic>`, carrying [`Envelope`]s as they are.
+pub struct BroadcastFeed;
 
-impl Kind {
-    fn is_user(&self) -> bool {
-        *self == Kind::User
+impl RoomFeed for BroadcastFeed {
+    fn subject(&self, topic: &str) -> Result<String, SubjectError> {
+        subject::broadcast(topic)
+    }
+
+    fn receive(&self, _room: &str, payload: Bytes) -> Result<Option<Envelope>, EnvelopeError> {
+        Envelope::decode(payload).map(Some)
     }
 }
 
-/// The header of a broadcast on the broker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Header {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    from: Option<Sender>,
-    #[serde(default, skip_serializing_if = "Kind::is_user")]
-    kind: Kind,
-    event: String,
-    /// The payload is raw bytes rather than JSON text.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    binary: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    meta: Option<serde_json::Value>,
-}
+/// `realtime.notify.<channel>`, carrying the CDC's NOTIFY payloads (JSON), each shown as a
+/// `db:notification` event.
+pub struct NotifyFeed;
 
-/// One broadcast message.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub from: Option<Sender>,
-    pub kind: Kind,
-    pub event: String,
-    pub payload: BroadcastPayload,
-    pub meta: Option<serde_json::Value>,
-}
-
-/// A broker message that is not an envelope.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed broadcast envelope: {0}")]
-pub struct EnvelopeError(String);
-
-impl Envelope {
-    pub fn encode(&self) -> Bytes {
-        let (binary, payload) = match &self.payload {
-            BroadcastPayload::Json(json) => (false, json.clone()),
-            BroadcastPayload::Binary(bytes) => (true, bytes.clone()),
-        };
-        let header = serde_json::to_vec(&Header {
-            from: self.from,
-            kind: self.kind,
-            event: self.event.clone(),
-            binary,
-            meta: self.meta.clone(),
-        })
-        .expect("headers serialize");
-        let mut out = BytesMut::with_capacity(4 + header.len() + payload.len());
-        out.put_u32(header.len() as u32);
-        out.put_slice(&header);
-        out.put_slice(&payload);
-        out.freeze()
+impl RoomFeed for NotifyFeed {
+    fn subject(&self, channel: &str) -> Result<String, SubjectError> {
+        subject::notify(channel)
     }
 
-    pub fn decode(bytes: Bytes) -> Result<Envelope, EnvelopeError> {
-        let bad = |what: &str| EnvelopeError(what.to_string());
-        let length = bytes
-            .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| bad("shorter than its length prefix"))?;
-        let header = bytes
-            .get(4..4 + length)
-            .ok_or_else(|| bad("header longer than the message"))?;
-        let header: Header =
-            serde_json::from_slice(header).map_err(|e| EnvelopeError(e.to_string()))?;
-        let payload = bytes.slice(4 + length..);
-        let payload = if header.binary {
-            BroadcastPayload::Binary(payload)
-        } else {
-            BroadcastPayload::Json(payload)
-        };
-        Ok(Envelope {
-            from: header.from,
-            kind: header.kind,
-            event: header.event,
-            payload,
-            meta: header.meta,
-        })
+    fn receive(&self, _room: &str, payload: Bytes) -> Result<Option<Envelope>, EnvelopeError> {
+        Ok(Some(Envelope {
+            from: None,
+            kind: Kind::Notification,
+            event: "db:notification".into(),
+            payload: BroadcastPayload::Json(payload),
+            meta: None,
+        }))
     }
 }
 
@@ -146,30 +79,16 @@ struct Member {
 struct Room {
     name: String,
     members: RwLock<HashMap<u64, Member>>,
-    /// Who is typing, for [`Source::Typing`] rooms.
-    typists: Mutex<Typists>,
     /// Set once the broker subscription exists.
     subscribed: OnceCell<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Where a set of rooms reads its messages from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// `realtime.broadcast.<topic>`, carrying [`Envelope`]s.
-    Broadcast,
-    /// `realtime.notify.<channel>`, carrying the CDC's NOTIFY payloads (JSON).
-    Notify,
-    /// `realtime.typing.<topic>`, carrying typing signals; a typist not refreshed for the
-    /// timeout stops typing.
-    Typing(std::time::Duration),
 }
 
 /// Every broadcast topic with local subscribers.
 pub struct Broadcasts {
     broker: Arc<dyn Broker>,
     gateway: u64,
-    source: Source,
+    feed: Arc<dyn RoomFeed>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -185,66 +104,17 @@ fn member_key(subscriber: &Arc<Subscriber>) -> u64 {
 }
 
 impl Broadcasts {
-    pub fn new(broker: Arc<dyn Broker>, gateway: u64, source: Source) -> Broadcasts {
+    /// Rooms fed by `feed`, on this gateway (`gateway` stamps its senders).
+    pub fn new(broker: Arc<dyn Broker>, gateway: u64, feed: Arc<dyn RoomFeed>) -> Broadcasts {
         Broadcasts {
             broker,
             gateway,
-            source,
+            feed,
             rooms: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Rooms of typing signals, with the loop that expires typists (it ends when the returned
-    /// value is dropped).
-    pub fn typing(
-        broker: Arc<dyn Broker>,
-        gateway: u64,
-        timeout: std::time::Duration,
-    ) -> Arc<Broadcasts> {
-        let broadcasts = Arc::new(Broadcasts::new(broker, gateway, Source::Typing(timeout)));
-        let weak = Arc::downgrade(&broadcasts);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(typing::EXPIRY_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(broadcasts) = weak.upgrade() else {
-                    break;
-                };
-                broadcasts.expire_typists();
-            }
-        });
-        broadcasts
-    }
-
-    fn subject(&self, topic: &str) -> Result<String, subject::SubjectError> {
-        match self.source {
-            Source::Broadcast => subject::broadcast(topic),
-            Source::Notify => subject::notify(topic),
-            Source::Typing(_) => subject::typing(topic),
-        }
-    }
-
-    /// Tells each room whose typists' deadlines passed who is still typing.
-    fn expire_typists(&self) {
-        let rooms: Vec<Arc<Room>> = self
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .values()
-            .cloned()
-            .collect();
-        let now = std::time::Instant::now();
-        for room in rooms {
-            let changed = room.typists.lock().expect("typists lock").expire(now);
-            for (thread, users) in changed {
-                let envelope = typing::envelope(&room.name, thread.as_deref(), &users);
-                fan_out(&room, &envelope, self.gateway);
-            }
-        }
-    }
-
-    /// This gateway's id, part of every [`Sender`] it stamps.
+    /// This gateway's id, part of every [`Sender`](crate::envelope::Sender) it stamps.
     pub fn gateway(&self) -> u64 {
         self.gateway
     }
@@ -266,7 +136,6 @@ impl Broadcasts {
                     Arc::new(Room {
                         name: topic.to_string(),
                         members: RwLock::new(HashMap::new()),
-                        typists: Mutex::new(Typists::default()),
                         subscribed: OnceCell::new(),
                         task: Mutex::new(None),
                     })
@@ -297,43 +166,19 @@ impl Broadcasts {
     }
 
     async fn start_room(&self, topic: &str, room: Arc<Room>) -> Result<(), BusError> {
-        let subject = self.subject(topic).map_err(|e| BusError::Subscribe {
+        let subject = self.feed.subject(topic).map_err(|e| BusError::Subscribe {
             subject: topic.to_string(),
             reason: e.to_string(),
         })?;
         let mut messages = self.broker.subscribe(&subject).await?;
-        let source = self.source;
         // The subscription must be known to the server before the join is answered.
         self.broker.flush().await?;
         let weak = Arc::downgrade(&room);
-        let gateway = self.gateway;
+        let (gateway, feed) = (self.gateway, self.feed.clone());
         let task = tokio::spawn(async move {
             while let Some(message) = messages.next().await {
                 let Some(room) = weak.upgrade() else { break };
-                let decoded = match source {
-                    Source::Broadcast => Envelope::decode(message.payload).map(Some),
-                    Source::Notify => Ok(Some(Envelope {
-                        from: None,
-                        kind: Kind::Notification,
-                        event: "db:notification".into(),
-                        payload: BroadcastPayload::Json(message.payload),
-                        meta: None,
-                    })),
-                    // A signal changes the room's typists; only a change is told.
-                    Source::Typing(timeout) => typing::Signal::decode(&message.payload)
-                        .map(|signal| {
-                            let thread = signal.thread.clone();
-                            room.typists
-                                .lock()
-                                .expect("typists lock")
-                                .apply(signal, timeout)
-                                .map(|users| {
-                                    typing::envelope(&room.name, thread.as_deref(), &users)
-                                })
-                        })
-                        .map_err(|e| EnvelopeError(e.to_string())),
-                };
-                match decoded {
+                match feed.receive(&room.name, message.payload) {
                     Ok(Some(envelope)) => fan_out(&room, &envelope, gateway),
                     Ok(None) => {}
                     Err(e) => {
@@ -370,7 +215,7 @@ impl Broadcasts {
 
     /// Publishes an already encoded message (an envelope, or a typing signal) on `topic`.
     pub async fn publish_bytes(&self, topic: &str, payload: Bytes) -> Result<(), BusError> {
-        let subject = self.subject(topic).map_err(|e| BusError::Publish {
+        let subject = self.feed.subject(topic).map_err(|e| BusError::Publish {
             subject: topic.to_string(),
             reason: e.to_string(),
         })?;
@@ -464,36 +309,5 @@ fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
         if let Some(frame) = frames.get(member.subscriber.wire, &member.subscriber.topic) {
             member.subscriber.deliver(frame);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_round_trip_json_and_binary() {
-        for payload in [
-            BroadcastPayload::Json(Bytes::from_static(br#"{"x":1}"#)),
-            BroadcastPayload::Binary(Bytes::from_static(&[0, 159, 146, 150])),
-        ] {
-            let envelope = Envelope {
-                from: Some(Sender {
-                    gateway: 7,
-                    conn: 9,
-                }),
-                kind: Kind::User,
-                event: "cursor".into(),
-                payload: payload.clone(),
-                meta: None,
-            };
-            let back = Envelope::decode(envelope.encode()).unwrap();
-            assert_eq!(back.from, envelope.from);
-            assert_eq!(back.kind, Kind::User);
-            assert_eq!(back.event, "cursor");
-            assert_eq!(back.payload, payload);
-        }
-        assert!(Envelope::decode(Bytes::from_static(b"\0\0\0\x09{}")).is_err());
-        assert!(Envelope::decode(Bytes::from_static(b"\0")).is_err());
     }
 }

@@ -18,6 +18,7 @@
 //! answering gateway own a presence entry for the user, refreshed like its connections' until
 //! `presence offline` (or until that gateway stops).
 
+use crate::http_auth::{authenticate, refusal, Refusal};
 use crate::state::Gateway;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -228,17 +229,17 @@ pub async fn http(
     axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<axum::Json<Value>, crate::server::Refusal> {
+) -> Result<axum::Json<Value>, Refusal> {
     use axum::http::StatusCode;
-    let identity = crate::rest::authenticate(&gateway, &headers)?;
+    let identity = authenticate(&gateway.verifier, &headers)?;
     if identity.claims.role() != Some("service_role") {
-        return Err(crate::server::refusal(
+        return Err(refusal(
             StatusCode::FORBIDDEN,
             "the control API needs a service_role token (nself-realtime token --role service_role)",
         ));
     }
     let command: Command = serde_json::from_slice(&body).map_err(|e| {
-        crate::server::refusal(
+        refusal(
             StatusCode::BAD_REQUEST,
             format!("not a control command: {e}"),
         )
@@ -247,13 +248,8 @@ pub async fn http(
         Ok(result) => Ok(axum::Json(
             json!({ "gateway": gateway_id(&gateway), "result": result }),
         )),
-        Err(ControlError::Invalid(reason)) => {
-            Err(crate::server::refusal(StatusCode::BAD_REQUEST, reason))
-        }
-        Err(e) => Err(crate::server::refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
+        Err(ControlError::Invalid(reason)) => Err(refusal(StatusCode::BAD_REQUEST, reason)),
+        Err(e) => Err(refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }
 

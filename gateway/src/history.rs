@@ -12,9 +12,8 @@
 //! [`query_as`]: crate::auth::session::query_as
 
 use crate::auth::session::{self, QueryAsError};
+use crate::http_auth::{authenticate, refusal, Refusal};
 use crate::messages::stored_message;
-use crate::rest::authenticate;
-use crate::server::{refusal, Refusal};
 use crate::state::Gateway;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -54,7 +53,7 @@ pub async fn messages(
     Query(params): Query<HistoryParams>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let identity = authenticate(&gateway, &headers)?;
+    let identity = authenticate(&gateway.verifier, &headers)?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(text) => text

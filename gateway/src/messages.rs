@@ -20,10 +20,10 @@
 
 use crate::auth::identity::Identity;
 use crate::auth::session::{self, AllowedRoles, QueryAsError};
-use crate::broadcast::{Broadcasts, Envelope, Kind, Sender};
+use crate::broadcast::Broadcasts;
 use crate::db::Pool;
+use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::metrics::Metrics;
-use crate::phoenix::frame::BroadcastPayload;
 use bytes::Bytes;
 use futures::StreamExt;
 use nself_realtime_shared::bus::{BusError, ChangeLog, StartAt};

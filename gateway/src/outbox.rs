@@ -7,11 +7,39 @@
 //! lock rather than a channel: an idle connection's empty queue allocates nothing, where a
 //! channel holds a block of slots for each of tens of thousands of connections.
 
-use crate::phoenix::frame::OutFrame;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// A server frame, encoded once and cheap to clone for every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OutFrame {
+    /// A text frame; the bytes are always valid UTF-8.
+    Text(Bytes),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    /// The encoded bytes, whatever the frame type.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            OutFrame::Text(bytes) | OutFrame::Binary(bytes) => bytes,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Never true for frames this module builds.
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+}
 
 /// Process-unique connection id.
 pub type ConnId = u64;

@@ -11,6 +11,7 @@
 //! a gateway killed with -9 leave every other gateway's view within `2 × heartbeat`. A graceful
 //! untrack deletes the entry and is seen at once.
 
+use crate::outbox::OutFrame;
 use crate::phoenix::frame;
 use crate::subscriber::{Subscriber, Wire};
 use crate::wire::{self, PresenceEvent, PresenceMember};
@@ -472,7 +473,7 @@ fn send_diff(topic: &Topic, members: &HashMap<String, Member>, joins: &[Entry], 
     let subscribers = topic.subscribers.read().expect("subscribers lock");
     let mut diff: Option<Value> = None;
     let mut user_events: Option<Vec<PresenceEvent>> = None;
-    let mut built: Vec<(Wire, Arc<str>, Vec<frame::OutFrame>)> = Vec::new();
+    let mut built: Vec<(Wire, Arc<str>, Vec<OutFrame>)> = Vec::new();
     for subscriber in subscribers.values() {
         let cached = built
             .iter()
@@ -480,7 +481,7 @@ fn send_diff(topic: &Topic, members: &HashMap<String, Member>, joins: &[Entry], 
         let frames = match cached {
             Some((_, _, frames)) => frames.clone(),
             None => {
-                let frames: Vec<frame::OutFrame> = match subscriber.wire {
+                let frames: Vec<OutFrame> = match subscriber.wire {
                     Wire::Phoenix(vsn) => {
                         let diff = diff.get_or_insert_with(|| {
                             json!({
@@ -540,7 +541,7 @@ impl Entry {
     }
 }
 
-fn encode(vsn: frame::Vsn, topic: &str, event: &str, payload: &Value) -> Option<frame::OutFrame> {
+fn encode(vsn: frame::Vsn, topic: &str, event: &str, payload: &Value) -> Option<OutFrame> {
     let json = serde_json::value::to_raw_value(payload).ok()?;
     Some(frame::push(vsn, None, topic, event, &json))
 }

@@ -8,9 +8,8 @@
 
 use crate::auth::channel_access;
 use crate::auth::identity::Identity;
-use crate::broadcast::Envelope;
-use crate::phoenix::frame::BroadcastPayload;
-use crate::server::{refusal, request_token, Refusal};
+use crate::envelope::{BroadcastPayload, Envelope, Kind};
+use crate::http_auth::{authenticate, refusal, Refusal};
 use crate::state::Gateway;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -43,20 +42,6 @@ struct Batch {
 pub struct OneParams {
     #[serde(default)]
     private: Option<String>,
-}
-
-pub fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Refusal> {
-    let token = request_token(headers, None).ok_or_else(|| {
-        refusal(
-            StatusCode::UNAUTHORIZED,
-            "missing token: send `Authorization: Bearer <jwt>` or an `apikey` header",
-        )
-    })?;
-    let claims = gateway
-        .verifier
-        .verify(token)
-        .map_err(|e| refusal(StatusCode::UNAUTHORIZED, format!("invalid token: {e}")))?;
-    Ok(Identity::new(claims))
 }
 
 /// Whether `identity` may send to `topic`.
@@ -141,7 +126,7 @@ pub async fn broadcast_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let identity = authenticate(&gateway, &headers)?;
+    let identity = authenticate(&gateway.verifier, &headers)?;
     if body.len() > gateway.config.max_frame_bytes {
         return Err(refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -171,7 +156,7 @@ pub async fn broadcast_batch(
     }
     for message in batch.messages {
         let envelope = Envelope {
-            kind: crate::broadcast::Kind::User,
+            kind: Kind::User,
             from: None,
             event: message.event,
             payload: BroadcastPayload::Json(
@@ -194,7 +179,7 @@ pub async fn broadcast_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let identity = authenticate(&gateway, &headers)?;
+    let identity = authenticate(&gateway.verifier, &headers)?;
     valid_name("topic", &topic)?;
     valid_name("event", &event)?;
     if body.len() > gateway.config.max_frame_bytes {
@@ -222,7 +207,7 @@ pub async fn broadcast_one(
         BroadcastPayload::Json(body)
     };
     let envelope = Envelope {
-        kind: crate::broadcast::Kind::User,
+        kind: Kind::User,
         from: None,
         event,
         payload,

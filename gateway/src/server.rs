@@ -16,6 +16,7 @@
 //! hand over to [`crate::phoenix`], [`crate::socketio`], [`crate::native`] or [`crate::rest`].
 
 use crate::auth::identity::Identity;
+use crate::http_auth::{refusal, upgrade_identity, Refusal};
 use crate::phoenix::{self, frame::Vsn};
 use crate::rest;
 use crate::state::{ConnectionSlot, Gateway};
@@ -102,6 +103,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(gateway.clone());
+    let control = tokio::spawn(crate::control::serve_bus(
+        gateway.clone(),
+        gateway.broker.clone(),
+    ));
     let closing = gateway.clone();
     // Frames are small and latency matters: no Nagle delay (a frame held back until the
     // client's delayed ACK of the previous one cost up to 40 ms).
@@ -125,6 +130,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gateway.presences.untrack_all().await;
+    control.abort();
     result
 }
 
@@ -173,61 +179,6 @@ impl FromRequestParts<Arc<Gateway>> for ClientAddr {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
         Ok(ClientAddr(forwarded.or(peer)))
-    }
-}
-
-/// The token a request carries: `Authorization: Bearer`, else the `apikey` header, else the
-/// `apikey` query parameter.
-pub fn request_token<'a>(headers: &'a HeaderMap, query_apikey: Option<&'a str>) -> Option<&'a str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()))
-        .or(query_apikey)
-        .filter(|t| !t.is_empty())
-}
-
-/// A refused request: its status and the message of its JSON body `{"error": ...}`.
-#[derive(Debug)]
-pub struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-/// Refuse a request with `status` and `message`.
-pub fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        message: message.into(),
-    }
-}
-
-/// The identity a WebSocket upgrade carries: `None` when it carries no token; a bad token is
-/// refused with 401.
-fn upgrade_identity(
-    gateway: &Gateway,
-    headers: &HeaderMap,
-    params: &SocketParams,
-) -> Result<Option<Arc<Identity>>, Refusal> {
-    match request_token(headers, params.token()) {
-        Some(token) => match gateway.verifier.verify(token) {
-            Ok(claims) => Ok(Some(Arc::new(Identity::new(claims)))),
-            Err(e) => Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                format!("invalid token: {e}"),
-            )),
-        },
-        None => Ok(None),
     }
 }
 
@@ -298,7 +249,7 @@ async fn websocket(
 ) -> Result<Response, Refusal> {
     let vsn = Vsn::parse(params.vsn.as_deref())
         .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let identity = match upgrade_identity(&gateway, &headers, &params) {
+    let identity = match upgrade_identity(&gateway.verifier, &headers, params.token()) {
         Ok(Some(identity)) => Some(identity),
         Ok(None) if gateway.config.allow_anonymous => Some(Arc::new(Identity::anonymous())),
         Ok(None) => {
@@ -307,10 +258,12 @@ async fn websocket(
                 "missing apikey: pass ?apikey=<jwt> (or set REALTIME_ALLOW_ANONYMOUS=true)",
             ))
         }
-        Err(Refusal { message, .. }) => {
+        Err(refused) => {
             return Err(refusal(
                 StatusCode::UNAUTHORIZED,
-                message.replacen("invalid token", "invalid apikey", 1),
+                refused
+                    .message()
+                    .replacen("invalid token", "invalid apikey", 1),
             ))
         }
     };
@@ -352,7 +305,7 @@ async fn socket_io(
             "only the websocket transport is served (no long-polling: it would need sticky sessions); connect with io(url, { transports: [\"websocket\"] })",
         ));
     };
-    let identity = upgrade_identity(&gateway, &headers, &params)?;
+    let identity = upgrade_identity(&gateway.verifier, &headers, params.token())?;
     accept(
         gateway,
         client,
@@ -371,7 +324,7 @@ async fn plain_websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    let identity = upgrade_identity(&gateway, &headers, &params)?.or_else(|| {
+    let identity = upgrade_identity(&gateway.verifier, &headers, params.token())?.or_else(|| {
         gateway
             .config
             .allow_anonymous

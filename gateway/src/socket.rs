@@ -7,8 +7,8 @@
 //! its next deadline (token expiry, a Socket.IO ping), closes idle sockets, and on shutdown
 //! closes with 1001. Other tasks reach the client only through the outbox.
 
+use crate::outbox::OutFrame;
 use crate::outbox::{Disconnect, Kick, Outbox, OutboxReceiver};
-use crate::phoenix::frame::OutFrame;
 use crate::state::{ConnectionSlot, Gateway};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};

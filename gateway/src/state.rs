@@ -3,7 +3,7 @@
 //! over the chosen bus backends. Handlers receive it as `Arc<Gateway>`.
 
 use crate::auth::session::AllowedRoles;
-use crate::broadcast::{Broadcasts, Source};
+use crate::broadcast::{BroadcastFeed, Broadcasts, NotifyFeed};
 use crate::changes::feed::ChangeFeeds;
 use crate::config::GatewayConfig;
 use crate::db::Pool;
@@ -31,6 +31,8 @@ pub struct Backends {
 /// Shared by every connection and handler.
 pub struct Gateway {
     pub id: u64,
+    /// The ephemeral pub/sub every relay and the control API use.
+    pub broker: Arc<dyn Broker>,
     pub config: GatewayConfig,
     pub verifier: Verifier,
     pub roles: Arc<AllowedRoles>,
@@ -87,16 +89,20 @@ impl Gateway {
         } else {
             EventLog::off(metrics.clone())
         };
-        let control_broker = backends.broker.clone();
         let broadcasts = Arc::new(Broadcasts::new(
             backends.broker.clone(),
             id,
-            Source::Broadcast,
+            Arc::new(BroadcastFeed),
         ));
-        let gateway = Arc::new(Gateway {
+        Arc::new(Gateway {
             id,
-            notifications: Arc::new(Broadcasts::new(backends.broker.clone(), id, Source::Notify)),
-            typing: Broadcasts::typing(backends.broker, id, config.nself.typing_timeout),
+            broker: backends.broker.clone(),
+            notifications: Arc::new(Broadcasts::new(
+                backends.broker.clone(),
+                id,
+                Arc::new(NotifyFeed),
+            )),
+            typing: crate::typing::rooms(backends.broker, id, config.nself.typing_timeout),
             messages: Messages::new(
                 backends.changes.clone(),
                 broadcasts.clone(),
@@ -123,9 +129,7 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             started: Instant::now(),
             shutdown,
-        });
-        tokio::spawn(crate::control::serve_bus(gateway.clone(), control_broker));
-        gateway
+        })
     }
 
     /// Takes a connection slot, or `None` at `REALTIME_MAX_CONNECTIONS`.

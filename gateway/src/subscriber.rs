@@ -9,8 +9,9 @@
 //! A subscriber also names its [`Wire`]: the relays build each frame once per (wire, topic) and
 //! share the bytes among every subscriber that reads the same encoding.
 
+use crate::outbox::OutFrame;
 use crate::outbox::{ConnId, Outbox};
-use crate::phoenix::frame::{OutFrame, Vsn};
+use crate::phoenix::frame::Vsn;
 use std::sync::{Arc, Mutex};
 
 /// The protocol a subscriber's connection speaks, which decides how its frames are encoded.

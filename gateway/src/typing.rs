@@ -2,22 +2,22 @@
 //!
 //! A client's `typing:start` / `typing:stop` becomes a small [`Signal`] on the core NATS
 //! subject `realtime.typing.<topic>` (ephemeral, like broadcasts). Every gateway with
-//! subscribers on the topic follows it through a broadcast room of [`Source::Typing`], whose
-//! [`Typists`] keep user → deadline per thread: a start (re)sets the user's deadline to now +
+//! subscribers on the topic follows it through a broadcast room fed by [`TypingFeed`], which
+//! keeps each room's [`Typists`] (user → deadline per thread): a start (re)sets the user's deadline to now +
 //! `REALTIME_TYPING_TIMEOUT`, a stop or the deadline passing removes the user. Whenever the set
 //! of a thread's typists changes, the room tells its local subscribers
 //! `typing:event {roomName, threadId, users}`. All gateways see the same signals and apply the
 //! same timeout, so they agree without talking to each other; a typist whose gateway dies simply
 //! expires.
-//!
-//! [`Source::Typing`]: crate::broadcast::Source::Typing
 
-use crate::broadcast::{Broadcasts, Envelope, Kind};
-use crate::phoenix::frame::BroadcastPayload;
+use crate::broadcast::{Broadcasts, RoomFeed};
+use crate::envelope::{BroadcastPayload, Envelope, EnvelopeError, Kind};
 use bytes::Bytes;
-use nself_realtime_shared::bus::BusError;
+use nself_realtime_shared::bus::{Broker, BusError};
+use nself_realtime_shared::subject::{self, SubjectError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often deadlines are checked: a typist disappears at most this late.
@@ -94,6 +94,71 @@ pub fn envelope(room: &str, thread: Option<&str>, users: &[String]) -> Envelope 
         )),
         meta: None,
     }
+}
+
+/// `realtime.typing.<topic>`: signals change the room's typists, and only a change is told.
+pub struct TypingFeed {
+    timeout: Duration,
+    /// Room name → who is typing there. A room's entry goes when its last typist does.
+    typists: Mutex<HashMap<String, Typists>>,
+}
+
+impl RoomFeed for TypingFeed {
+    fn subject(&self, topic: &str) -> Result<String, SubjectError> {
+        subject::typing(topic)
+    }
+
+    fn receive(&self, room: &str, payload: Bytes) -> Result<Option<Envelope>, EnvelopeError> {
+        let signal = Signal::decode(&payload).map_err(|e| EnvelopeError(e.to_string()))?;
+        let thread = signal.thread.clone();
+        let mut rooms = self.typists.lock().expect("typists lock");
+        let typists = rooms.entry(room.to_string()).or_default();
+        let changed = typists.apply(signal, self.timeout);
+        if typists.0.is_empty() {
+            rooms.remove(room);
+        }
+        Ok(changed.map(|users| envelope(room, thread.as_deref(), &users)))
+    }
+}
+
+impl TypingFeed {
+    /// Removes typists whose deadline passed: each changed (room, thread) and who remains.
+    fn expire(&self, now: Instant) -> Vec<(String, Option<String>, Vec<String>)> {
+        let mut rooms = self.typists.lock().expect("typists lock");
+        let mut changed = Vec::new();
+        for (room, typists) in rooms.iter_mut() {
+            for (thread, users) in typists.expire(now) {
+                changed.push((room.clone(), thread, users));
+            }
+        }
+        rooms.retain(|_, typists| !typists.0.is_empty());
+        changed
+    }
+}
+
+/// Rooms of typing signals, with the loop that expires typists (it ends when the returned
+/// rooms are dropped). A typist whose deadline passes is told to the room's local subscribers.
+pub fn rooms(broker: Arc<dyn Broker>, gateway: u64, timeout: Duration) -> Arc<Broadcasts> {
+    let feed = Arc::new(TypingFeed {
+        timeout,
+        typists: Mutex::new(HashMap::new()),
+    });
+    let rooms = Arc::new(Broadcasts::new(broker, gateway, feed.clone()));
+    let weak = Arc::downgrade(&rooms);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(rooms) = weak.upgrade() else {
+                break;
+            };
+            for (room, thread, users) in feed.expire(Instant::now()) {
+                rooms.deliver_local(&room, &envelope(&room, thread.as_deref(), &users));
+            }
+        }
+    });
+    rooms
 }
 
 /// Publishes that `user` started (`typing`) or stopped typing in `topic` (and `thread`).

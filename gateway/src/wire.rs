@@ -16,8 +16,10 @@
 //!
 //! A plain-WebSocket frame is always `{"type", "channel", "event", "payload"}`.
 
-use crate::broadcast::{Envelope, Kind};
-use crate::phoenix::frame::{self, BroadcastPayload, OutFrame};
+use crate::envelope::{BroadcastPayload, Envelope, Kind};
+use crate::json_write::{is_json, write_str};
+use crate::outbox::OutFrame;
+use crate::phoenix::frame;
 use crate::socketio::packet;
 use crate::subscriber::Wire;
 use bytes::Bytes;
@@ -35,16 +37,16 @@ pub fn envelope(wire: Wire, topic: &str, envelope: &Envelope) -> Option<OutFrame
     let BroadcastPayload::Json(json) = &envelope.payload else {
         return None;
     };
-    if !frame::is_json(json) {
+    if !is_json(json) {
         return None;
     }
     Some(match (wire, envelope.kind) {
         (Wire::SocketIo, Kind::User) => {
             let mut body = Vec::with_capacity(48 + topic.len() + event.len() + json.len());
             body.extend_from_slice(b"{\"roomName\":");
-            frame::write_str(&mut body, topic);
+            write_str(&mut body, topic);
             body.extend_from_slice(b",\"event\":");
-            frame::write_str(&mut body, event);
+            write_str(&mut body, event);
             body.extend_from_slice(b",\"payload\":");
             body.extend_from_slice(json);
             body.push(b'}');
@@ -194,11 +196,11 @@ pub fn presence_event(wire: Wire, topic: &str, event: &PresenceEvent) -> Option<
 pub fn json_frame(kind: &str, topic: &str, event: &str, payload: &[u8]) -> OutFrame {
     let mut out = Vec::with_capacity(48 + kind.len() + topic.len() + event.len() + payload.len());
     out.extend_from_slice(b"{\"type\":");
-    frame::write_str(&mut out, kind);
+    write_str(&mut out, kind);
     out.extend_from_slice(b",\"channel\":");
-    frame::write_str(&mut out, topic);
+    write_str(&mut out, topic);
     out.extend_from_slice(b",\"event\":");
-    frame::write_str(&mut out, event);
+    write_str(&mut out, event);
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload);
     out.push(b'}');

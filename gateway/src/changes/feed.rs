@@ -22,7 +22,7 @@ use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::db::Pool;
 use crate::metrics::Metrics;
-use crate::phoenix::frame::OutFrame;
+use crate::outbox::OutFrame;
 use crate::subscriber::Subscriber;
 use crate::subscriber::Wire;
 use crate::wire;

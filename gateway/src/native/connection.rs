@@ -27,8 +27,8 @@
 //! default) or the socket is closed as idle.
 
 use crate::auth::identity::Identity;
+use crate::outbox::OutFrame;
 use crate::outbox::{Disconnect, Kick, Outbox};
-use crate::phoenix::frame::OutFrame;
 use crate::rooms::request::{self, ApiError, ErrorCode};
 use crate::rooms::session::RoomSession;
 use crate::socket::{self, Session};

@@ -7,12 +7,13 @@
 //! subscriber is gated until the reply is queued, so everything that happens after the join
 //! reaches the client, after the reply.
 
-use super::frame::{self, BroadcastPayload, InFrame, Payload, Vsn};
+use super::frame::{self, InFrame, Payload, Vsn};
 use crate::auth::channel_access::{self, ChannelAccess};
 use crate::auth::identity::Identity;
-use crate::broadcast::{Envelope, Membership, Sender};
+use crate::broadcast::Membership;
 use crate::changes::binding::Binding;
 use crate::changes::feed::{FeedMembership, TableSubscription};
+use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::messages::PersistedChannel;
 use crate::outbox::Outbox;
 use crate::presence::PresenceMembership;
@@ -628,7 +629,7 @@ impl Channels {
         };
         self.gateway.metrics.broadcasts_received.inc();
         let envelope = Envelope {
-            kind: crate::broadcast::Kind::User,
+            kind: Kind::User,
             from: Some(Sender {
                 gateway: self.gateway.id,
                 conn: self.outbox.id,

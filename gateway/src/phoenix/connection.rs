@@ -2,8 +2,9 @@
 //! connection's joined [`Channels`], which also close channels whose token expired.
 
 use super::channel::Channels;
-use super::frame::{self, OutFrame, Vsn};
+use super::frame::{self, Vsn};
 use crate::auth::identity::Identity;
+use crate::outbox::OutFrame;
 use crate::outbox::Outbox;
 use crate::socket::{self, Session};
 use crate::state::{ConnectionSlot, Gateway};

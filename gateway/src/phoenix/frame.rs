@@ -38,6 +38,9 @@
 //! Decoding never panics, whatever the input. A [`FrameError`] says precisely what is wrong in
 //! words a client developer can act on: the gateway sends it back in a `phx_reply` error.
 
+use crate::envelope::BroadcastPayload;
+use crate::json_write::{is_json, write_optional_str, write_str, write_value};
+use crate::outbox::OutFrame;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -128,43 +131,6 @@ pub enum Payload {
         /// broadcast; `None` when there is none.
         meta: Option<Value>,
     },
-}
-
-/// A broadcast's user payload, kept as bytes end to end.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum BroadcastPayload {
-    /// JSON text (UTF-8), exactly as the sender wrote it.
-    Json(Bytes),
-    /// Raw bytes (realtime-js `ArrayBuffer` payloads): only `vsn=2.0.0` clients can receive them.
-    Binary(Bytes),
-}
-
-/// A server frame, encoded once and cheap to clone for every subscriber.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum OutFrame {
-    /// A text frame; the bytes are always valid UTF-8.
-    Text(Bytes),
-    /// A binary frame.
-    Binary(Bytes),
-}
-
-impl OutFrame {
-    /// The encoded bytes, whatever the frame type.
-    pub fn bytes(&self) -> &Bytes {
-        match self {
-            OutFrame::Text(bytes) | OutFrame::Binary(bytes) => bytes,
-        }
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes().len()
-    }
-
-    /// Never true for frames this module builds.
-    pub fn is_empty(&self) -> bool {
-        self.bytes().is_empty()
-    }
 }
 
 /// Why a client frame could not be decoded. The text goes back to the client.
@@ -642,28 +608,6 @@ fn text_frame(
         }
     }
     OutFrame::Text(Bytes::from(out))
-}
-
-/// Whether `bytes` are one valid JSON value (one pass, nothing built).
-pub fn is_json(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
-}
-
-/// A JSON string literal. Writing into a `Vec` cannot fail, and a `&str` always serializes.
-pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    let _ = serde_json::to_writer(&mut *out, text);
-}
-
-fn write_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => write_str(out, text),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// A JSON value. A `Value` always serializes (its keys are strings), into a `Vec` without error.
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 #[cfg(test)]

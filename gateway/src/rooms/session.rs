@@ -11,10 +11,10 @@
 use super::request::{ApiError, ErrorCode, Request};
 use crate::auth::channel_access::{self, AccessError, ChannelAccess};
 use crate::auth::identity::Identity;
-use crate::broadcast::{Envelope, Kind, Membership, Sender};
+use crate::broadcast::Membership;
+use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::messages::{Outgoing, PersistedChannel, SendError};
 use crate::outbox::Outbox;
-use crate::phoenix::frame::BroadcastPayload;
 use crate::presence::PresenceMembership;
 use crate::rate_limit::RateLimit;
 use crate::state::Gateway;

@@ -18,7 +18,7 @@
 //! Server packets are encoded once into shared bytes; the event name and the JSON body are
 //! written as they are, so a payload that arrived as JSON bytes is never re-parsed.
 
-use crate::phoenix::frame::OutFrame;
+use crate::outbox::OutFrame;
 use bytes::Bytes;
 use serde_json::Value;
 
