@@ -108,10 +108,10 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
         Command::Stats => Ok(stats(gateway)),
         Command::Connections => Ok(json!(gateway.registry.list(
             |conn| gateway.connection_id(conn),
-            gateway.broadcasts.rooms_by_connection(),
+            gateway.channels.broadcasts.rooms_by_connection(),
         ))),
         Command::Presence { channel, user } => {
-            let records = gateway.presences.snapshot().await?;
+            let records = gateway.channels.presences.snapshot().await?;
             let records: Vec<_> = records
                 .into_iter()
                 .filter(|r| channel.as_ref().is_none_or(|c| *c == r.channel))
@@ -139,6 +139,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
             meta.insert("onlineAt".into(), Value::String(crate::wire::now_rfc3339()));
             meta.insert("source".into(), Value::String("cli".into()));
             gateway
+                .channels
                 .presences
                 .track(&channel, operator_conn(&user), &user, meta)
                 .await?;
@@ -151,6 +152,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
                 Some(channel) => vec![channel],
                 None => {
                     let mut channels: Vec<String> = gateway
+                        .channels
                         .presences
                         .snapshot()
                         .await?
@@ -165,6 +167,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
             };
             for channel in &channels {
                 gateway
+                    .channels
                     .presences
                     .untrack(channel, operator_conn(&user))
                     .await?;
@@ -210,14 +213,14 @@ fn stats(gateway: &Arc<Gateway>) -> Value {
             "refused_total": metrics.connections_refused.get(),
         },
         "channels": {
-            "active": gateway.broadcasts.topic_count(),
-            "by_name": gateway.broadcasts.topics().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "active": gateway.channels.broadcasts.topic_count(),
+            "by_name": gateway.channels.broadcasts.topics().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         },
         "messages": sum(&metrics.messages_total),
         "errors": sum(&metrics.errors_total),
         "broadcasts_received": metrics.broadcasts_received.get(),
         "changes": {
-            "feeds": gateway.feeds.feed_count(),
+            "feeds": gateway.channels.feeds.feed_count(),
             "received_total": metrics.changes_received.get(),
             "delivered_total": metrics.change_deliveries.get(),
         },

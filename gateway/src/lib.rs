@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod broadcast;
 pub mod changes;
+pub mod channels;
 pub mod config;
 pub mod control;
 pub mod db;

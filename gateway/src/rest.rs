@@ -109,6 +109,7 @@ fn valid_name(what: &str, name: &str) -> Result<(), Refusal> {
 
 async fn publish(gateway: &Gateway, topic: &str, envelope: &Envelope) -> Result<(), Refusal> {
     gateway
+        .channels
         .broadcasts
         .publish(topic, envelope)
         .await

@@ -129,7 +129,7 @@ pub async fn serve(
     while gateway.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gateway.presences.untrack_all().await;
+    gateway.channels.presences.untrack_all().await;
     control.abort();
     result
 }
@@ -358,8 +358,8 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
         "connections": gateway.connection_count(),
         "max_connections": gateway.config.max_connections,
         "postgres": { "connected": postgres },
-        "channels": gateway.broadcasts.topic_count(),
-        "change_feeds": gateway.feeds.feed_count(),
+        "channels": gateway.channels.broadcasts.topic_count(),
+        "change_feeds": gateway.channels.feeds.feed_count(),
         "uptime_seconds": gateway.started.elapsed().as_secs(),
     });
     let code = if postgres {
@@ -390,11 +390,13 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         .set(gateway.connection_count() as i64);
     metrics
         .broadcast_topics
-        .set(gateway.broadcasts.topic_count() as i64);
-    metrics.change_feeds.set(gateway.feeds.feed_count() as i64);
+        .set(gateway.channels.broadcasts.topic_count() as i64);
+    metrics
+        .change_feeds
+        .set(gateway.channels.feeds.feed_count() as i64);
     metrics
         .rooms_active
-        .set(gateway.broadcasts.topic_count() as i64);
+        .set(gateway.channels.broadcasts.topic_count() as i64);
     (
         [("content-type", "text/plain; version=0.0.4")],
         metrics.encode(),

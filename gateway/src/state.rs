@@ -1,10 +1,12 @@
 //! The gateway's shared state: configuration, token verification, the Postgres pool, and the
-//! relays (broadcast rooms, NOTIFY rooms, presence topics, typing, chat messages, table feeds)
-//! over the chosen bus backends. Handlers receive it as `Arc<Gateway>`.
+//! channel service with its relays (broadcast rooms, NOTIFY rooms, presence topics, typing,
+//! chat messages, table feeds) over the chosen bus backends. Handlers receive it as
+//! `Arc<Gateway>`.
 
 use crate::auth::session::AllowedRoles;
 use crate::broadcast::{BroadcastFeed, Broadcasts, NotifyFeed};
 use crate::changes::feed::ChangeFeeds;
+use crate::channels::ChannelService;
 use crate::config::GatewayConfig;
 use crate::db::Pool;
 use crate::event_log::EventLog;
@@ -37,14 +39,8 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub roles: Arc<AllowedRoles>,
     pub pool: Pool,
-    pub broadcasts: Arc<Broadcasts>,
-    /// Rooms fed by `realtime.notify.<channel>` (NOTIFY payloads).
-    pub notifications: Arc<Broadcasts>,
-    pub presences: Arc<Presences>,
-    /// Rooms fed by `realtime.typing.<topic>` (who is typing).
-    pub typing: Arc<Broadcasts>,
-    pub messages: Arc<Messages>,
-    pub feeds: Arc<ChangeFeeds>,
+    /// Joins, re-authorizes and leaves channels; holds the relays every channel registers with.
+    pub channels: ChannelService,
     pub metrics: Arc<Metrics>,
     pub connections_per_ip: ConnectionsPerIp,
     /// Live connections, for operators.
@@ -94,15 +90,17 @@ impl Gateway {
             id,
             Arc::new(BroadcastFeed),
         ));
-        Arc::new(Gateway {
-            id,
-            broker: backends.broker.clone(),
+        let channels = ChannelService {
+            pool: pool.clone(),
+            roles: roles.clone(),
+            require_channels: config.require_channels,
+            max_channels: config.max_channels_per_client,
             notifications: Arc::new(Broadcasts::new(
                 backends.broker.clone(),
                 id,
                 Arc::new(NotifyFeed),
             )),
-            typing: crate::typing::rooms(backends.broker, id, config.nself.typing_timeout),
+            typing: crate::typing::rooms(backends.broker.clone(), id, config.nself.typing_timeout),
             messages: Messages::new(
                 backends.changes.clone(),
                 broadcasts.clone(),
@@ -112,15 +110,20 @@ impl Gateway {
             ),
             broadcasts,
             presences: Presences::start(backends.presence, id, timing),
-            connections_per_ip: ConnectionsPerIp::new(config.max_connections_per_ip_per_minute),
-            registry: Registry::default(),
-            events,
             feeds: ChangeFeeds::new(
                 backends.changes,
                 pool.clone(),
                 roles.clone(),
                 metrics.clone(),
             ),
+        };
+        Arc::new(Gateway {
+            id,
+            broker: backends.broker,
+            channels,
+            connections_per_ip: ConnectionsPerIp::new(config.max_connections_per_ip_per_minute),
+            registry: Registry::default(),
+            events,
             config,
             verifier,
             roles,

@@ -1,47 +1,37 @@
 //! The channels of one Phoenix connection: `phx_join`, `phx_leave`, `access_token`,
 //! `broadcast`, `presence` and the heartbeat, as realtime-js 2.x speaks them.
 //!
-//! A join authenticates (the join's `access_token`, else the socket's `apikey`), authorizes the
-//! channel with RLS, validates the postgres_changes bindings, registers the channel with the
-//! broadcast room, the presence topic and the table feeds it needs, and only then replies: the
-//! subscriber is gated until the reply is queued, so everything that happens after the join
-//! reaches the client, after the reply.
+//! This is the Phoenix adapter of the channel service ([`crate::channels`]): a `phx_join`
+//! becomes a [`JoinRequest`] (its identity from the join's `access_token`, else the socket's
+//! `apikey`; its config's broadcast, presence and postgres_changes sections), the service
+//! authorizes and registers it, and only then does the adapter reply: the subscriber is gated
+//! until the reply is queued, so everything that happens after the join reaches the client,
+//! after the reply.
 
 use super::frame::{self, InFrame, Payload, Vsn};
-use crate::auth::channel_access::{self, ChannelAccess};
+use crate::auth::channel_access;
 use crate::auth::identity::Identity;
-use crate::broadcast::Membership;
 use crate::changes::binding::Binding;
-use crate::changes::feed::{FeedMembership, TableSubscription};
+use crate::channels::{JoinError, JoinRequest, JoinedChannel};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
-use crate::messages::PersistedChannel;
 use crate::outbox::Outbox;
-use crate::presence::PresenceMembership;
 use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
-use crate::subscriber::{Subscriber, Wire};
+use crate::subscriber::Wire;
 use nself_realtime_shared::bus::StartAt;
-use nself_realtime_shared::event::{Column, EventId};
+use nself_realtime_shared::event::EventId;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A joined channel.
+/// A joined channel: the service's part, and what only Phoenix keeps of it.
 struct Joined {
-    subscriber: Arc<Subscriber>,
-    slug: String,
-    private: bool,
-    identity: Arc<Identity>,
-    access: ChannelAccess,
+    channel: JoinedChannel,
+    /// `config.broadcast.ack`: broadcasts are answered.
     ack: bool,
+    /// `config.presence.key`: the key this connection tracks under.
     presence_key: String,
-    room: Membership,
-    presence: Option<PresenceMembership>,
-    feeds: Vec<(FeedMembership, Arc<TableSubscription>)>,
-    /// Registered with the chat relay (the channel persists its messages).
-    persisted: Option<PersistedChannel>,
-    tracked: bool,
 }
 
 /// A refused request: the reason goes back in an error reply.
@@ -50,6 +40,16 @@ struct Refusal(String);
 impl<T: std::fmt::Display> From<T> for Refusal {
     fn from(e: T) -> Refusal {
         Refusal(e.to_string())
+    }
+}
+
+/// A failed join or re-authorization of channel `slug`, in realtime-js' words.
+fn join_refusal(e: JoinError, slug: &str) -> Refusal {
+    match e {
+        JoinError::Denied(None) => Refusal(format!(
+            "Unauthorized: you do not have permission to join channel {slug}"
+        )),
+        other => Refusal(other.to_string()),
     }
 }
 
@@ -176,7 +176,7 @@ impl Channels {
         }
         // A second join of a joined topic replaces the first, as Phoenix does.
         if let Some(previous) = self.joined.remove(&frame.topic) {
-            let join_ref = previous.subscriber.join_ref.clone();
+            let join_ref = previous.channel.subscriber.join_ref.clone();
             self.close(previous).await;
             self.outbox.send(frame::push(
                 self.vsn,
@@ -185,12 +185,6 @@ impl Channels {
                 "phx_close",
                 &raw(&json!({})),
             ));
-        }
-        if self.joined.len() >= self.gateway.config.max_channels_per_client {
-            return Err(Refusal(format!(
-                "too many channels: at most {} per connection (REALTIME_MAX_CHANNELS_PER_CLIENT)",
-                self.gateway.config.max_channels_per_client
-            )));
         }
         let config = payload
             .get("config")
@@ -234,101 +228,48 @@ impl Channels {
             }
         };
 
-        let access = self.authorize(&identity, &slug, private).await?;
-        let warnings = self.check_tables(&identity, &bindings).await?;
-
-        let subscriber = Arc::new(Subscriber::new(
-            self.outbox.clone(),
-            Wire::Phoenix(self.vsn),
-            frame.topic.clone().into(),
-            frame.join_ref.clone(),
-        ));
-        let room = self
-            .gateway
-            .broadcasts
-            .join(&slug, subscriber.clone(), receive_own)
-            .await?;
-        let mut joined = Joined {
-            subscriber: subscriber.clone(),
-            slug: slug.clone(),
-            private,
-            identity: identity.clone(),
-            access,
-            ack,
-            presence_key,
-            room,
-            presence: None,
-            feeds: Vec::new(),
-            persisted: None,
-            tracked: false,
-        };
-        if let (true, Some(channel_id)) =
-            (joined.access.persisted, joined.access.channel_id.clone())
-        {
-            match self.gateway.messages.register(&channel_id, &slug).await {
-                Ok(registration) => joined.persisted = Some(registration),
-                Err(e) => {
-                    self.close(joined).await;
-                    return Err(e.into());
-                }
-            }
-        }
-        if presence_enabled {
-            match self.gateway.presences.join(&slug, subscriber.clone()).await {
-                Ok(membership) => joined.presence = Some(membership),
-                Err(e) => {
-                    self.close(joined).await;
-                    return Err(e.into());
-                }
-            }
-        }
-        // One feed subscription per distinct subject the bindings read.
-        let mut by_subject: Vec<(String, Vec<Binding>)> = Vec::new();
-        for binding in &bindings {
-            let subject = binding.subject_filter()?;
-            match by_subject.iter_mut().find(|(s, _)| *s == subject) {
-                Some((_, list)) => list.push(binding.clone()),
-                None => by_subject.push((subject, vec![binding.clone()])),
-            }
-        }
-        for (subject, list) in by_subject {
-            let subscription =
-                TableSubscription::new(subscriber.clone(), list, identity.clone(), start.is_some());
-            match self
-                .gateway
-                .feeds
-                .subscribe(&subject, subscription.clone())
-                .await
-            {
-                Ok(membership) => joined.feeds.push((membership, subscription)),
-                Err(e) => {
-                    self.close(joined).await;
-                    return Err(Refusal(format!("cannot follow table changes: {e}")));
-                }
-            }
-        }
-
         let response = json!({
             "postgres_changes": bindings.iter().map(Binding::reply_json).collect::<Vec<_>>(),
         });
+        let subscribes_to_tables = !bindings.is_empty();
+        let request = JoinRequest {
+            topic: frame.topic.clone().into(),
+            join_ref: frame.join_ref.clone(),
+            channel: slug.clone(),
+            wire: Wire::Phoenix(self.vsn),
+            identity,
+            private,
+            receive_own,
+            notifications: false,
+            typing: false,
+            presence: presence_enabled,
+            track: None,
+            postgres_changes: bindings,
+            resume: start,
+        };
+        let channel = self
+            .gateway
+            .channels
+            .join(&self.outbox, self.joined.len(), request)
+            .await
+            .map_err(|e| join_refusal(e, &slug))?;
         self.reply(frame, "ok", response);
-        subscriber.open();
-        if !bindings.is_empty() {
+        channel.subscriber.open();
+        if subscribes_to_tables {
             self.postgres_changes_notice(frame, &slug, "ok", "Subscribed to PostgreSQL");
         }
-        for warning in warnings {
-            self.postgres_changes_notice(frame, &slug, "warning", &warning);
+        for warning in &channel.warnings {
+            self.postgres_changes_notice(frame, &slug, "warning", warning);
         }
-        if let Some(start) = start {
-            for (membership, subscription) in &joined.feeds {
-                self.gateway.feeds.replay(
-                    membership.subject().to_string(),
-                    subscription.clone(),
-                    start,
-                );
-            }
-        }
-        self.joined.insert(frame.topic.clone(), joined);
+        self.gateway.channels.start_replay(&channel);
+        self.joined.insert(
+            frame.topic.clone(),
+            Joined {
+                channel,
+                ack,
+                presence_key,
+            },
+        );
         Ok(())
     }
 
@@ -348,137 +289,12 @@ impl Channels {
         ));
     }
 
-    /// A pooled Postgres connection for an authorization query.
-    async fn connection(&self) -> Result<crate::db::Pooled, Refusal> {
-        self.gateway
-            .pool
-            .get()
-            .await
-            .map_err(|e| Refusal(format!("authorization is unavailable: {e}")))
-    }
-
-    /// Channel authorization under the identity's claims (RLS on `realtime.channels`).
-    async fn authorize(
-        &self,
-        identity: &Identity,
-        slug: &str,
-        private: bool,
-    ) -> Result<ChannelAccess, Refusal> {
-        let mut client = self.connection().await?;
-        let access = channel_access::authorize(
-            &mut client,
-            &identity.claims,
-            &self.gateway.roles,
-            slug,
-            private,
-            self.gateway.config.require_channels,
-        )
-        .await?;
-        if !access.allowed {
-            return Err(Refusal(access.reason.clone().unwrap_or_else(|| {
-                format!("Unauthorized: you do not have permission to join channel {slug}")
-            })));
-        }
-        Ok(access)
-    }
-
-    /// Every table a binding names must exist and be readable under the identity's role, and
-    /// each filter must be able to match: its columns exist and its values convert to their
-    /// types. Returns warnings for the client: tables no publication carries, whose changes
-    /// would never come.
-    async fn check_tables(
-        &self,
-        identity: &Identity,
-        bindings: &[Binding],
-    ) -> Result<Vec<String>, Refusal> {
-        let mut tables: Vec<(&str, &str)> = Vec::new();
-        for binding in bindings {
-            if let (Some(schema), Some(table)) = (&binding.schema, &binding.table) {
-                if !tables.contains(&(schema.as_str(), table.as_str())) {
-                    tables.push((schema, table));
-                }
-            }
-        }
-        if tables.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut client = self.connection().await?;
-        let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
-        let filtered = bindings.iter().any(|b| b.filter.is_some());
-        // Column types as the CDC names them in change events (a domain as its base type),
-        // read only when a filter is to be checked against them.
-        let rows = crate::auth::session::query_as(
-            &mut client,
-            &identity.claims,
-            &self.gateway.roles,
-            "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
-                    EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.schemaname = u.s AND p.tablename = u.t),
-                    coalesce(cols.names, '{}'), coalesce(cols.types, '{}')
-             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
-             LEFT JOIN pg_namespace n ON n.nspname = u.s
-             LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
-             LEFT JOIN LATERAL (
-                 SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
-                        array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum) AS types
-                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                 LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
-                 WHERE $3 AND a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             ) cols ON true
-             ORDER BY u.i",
-            &[&schemas, &names, &filtered],
-        )
-        .await?;
-        let mut warnings = Vec::new();
-        for row in rows {
-            let (schema, table, exists, readable, published): (&str, &str, bool, bool, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            if !exists {
-                return Err(Refusal(format!("table {schema}.{table} does not exist")));
-            }
-            if !readable {
-                return Err(Refusal(format!(
-                    "Unauthorized: role {} may not SELECT from {schema}.{table}",
-                    identity.claims.role().unwrap_or("anon")
-                )));
-            }
-            let names: Vec<String> = row.get(5);
-            let types: Vec<String> = row.get(6);
-            let columns: Vec<Column> = names
-                .into_iter()
-                .zip(types)
-                .map(|(name, type_name)| Column { name, type_name })
-                .collect();
-            for binding in bindings.iter().filter(|b| {
-                b.schema.as_deref() == Some(schema) && b.table.as_deref() == Some(table)
-            }) {
-                if let Some(filter) = &binding.filter {
-                    filter.check_types(&columns).map_err(|e| {
-                        Refusal(format!(
-                            "invalid filter {:?} on {schema}.{table}: {e}",
-                            binding
-                                .echo
-                                .get("filter")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                        ))
-                    })?;
-                }
-            }
-            if !published {
-                warnings.push(format!(
-                    "table {schema}.{table} is not published, so no changes of it will arrive: run `nself-realtime subscribe {schema}.{table}`"
-                ));
-            }
-        }
-        Ok(warnings)
-    }
-
     /// When the first joined channel's token expires (the reader waits for it).
     pub fn next_expiry(&self) -> Option<tokio::time::Instant> {
         let exp = self
             .joined
             .values()
-            .filter_map(|j| j.identity.expires_at())
+            .filter_map(|j| j.channel.identity.expires_at())
             .min()?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let wait = Duration::from_secs(u64::try_from(exp - now).unwrap_or(0));
@@ -492,7 +308,7 @@ impl Channels {
             .joined
             .iter()
             .filter_map(|(topic, j)| {
-                let exp = j.identity.expires_at()?;
+                let exp = j.channel.identity.expires_at()?;
                 (exp <= now).then(|| (topic.clone(), exp))
             })
             .collect();
@@ -510,7 +326,7 @@ impl Channels {
         let Some(joined) = self.joined.remove(topic) else {
             return;
         };
-        let join_ref = joined.subscriber.join_ref.clone();
+        let join_ref = joined.channel.subscriber.join_ref.clone();
         self.outbox.send(frame::push(
             self.vsn,
             join_ref.as_deref(),
@@ -520,7 +336,7 @@ impl Channels {
                 "message": message,
                 "status": "error",
                 "extension": "system",
-                "channel": joined.slug,
+                "channel": joined.channel.channel,
             })),
         ));
         self.close(joined).await;
@@ -562,38 +378,25 @@ impl Channels {
                 return;
             }
         };
-        let (slug, private, bindings) = {
-            let joined = &self.joined[&frame.topic];
-            let bindings: Vec<Binding> = joined
-                .feeds
-                .iter()
-                .flat_map(|(_, subscription)| subscription.bindings.iter().cloned())
-                .collect();
-            (joined.slug.clone(), joined.private, bindings)
-        };
         // The new claims must keep every right the join needed: the channel, and each table
         // a binding names.
-        let authorized = match self.authorize(&identity, &slug, private).await {
-            Ok(access) => self
-                .check_tables(&identity, &bindings)
-                .await
-                .map(|_| access),
-            Err(refusal) => Err(refusal),
-        };
-        match authorized {
-            Err(Refusal(reason)) => {
+        let joined = self
+            .joined
+            .get_mut(&frame.topic)
+            .expect("checked by handle");
+        let slug = joined.channel.channel.clone();
+        let reauthorized = self
+            .gateway
+            .channels
+            .reauthorize(&mut joined.channel, identity)
+            .await;
+        match reauthorized {
+            Err(e) => {
+                let Refusal(reason) = join_refusal(e, &slug);
                 tracing::info!(topic = %frame.topic, reason, "access_token lost access: channel closed");
                 self.shut(&frame.topic, &reason).await;
             }
-            Ok(access) => {
-                let joined = self.joined.get_mut(&frame.topic).expect("checked above");
-                for (_, subscription) in &joined.feeds {
-                    subscription.set_identity(identity.clone());
-                }
-                joined.identity = identity;
-                joined.access = access;
-                self.reply(frame, "ok", json!({}));
-            }
+            Ok(()) => self.reply(frame, "ok", json!({})),
         }
     }
 
@@ -608,10 +411,13 @@ impl Channels {
             return;
         }
         let joined = &self.joined[&frame.topic];
-        if !joined.access.can_send {
+        if !joined.channel.access.can_send {
             self.refuse(
                 frame,
-                &format!("Unauthorized: you may not send to channel {}", joined.slug),
+                &format!(
+                    "Unauthorized: you may not send to channel {}",
+                    joined.channel.channel
+                ),
             );
             return;
         }
@@ -640,8 +446,9 @@ impl Channels {
         };
         let published = self
             .gateway
+            .channels
             .broadcasts
-            .publish(&joined.slug, &envelope)
+            .publish(&joined.channel.channel, &envelope)
             .await;
         let ack = joined.ack;
         match published {
@@ -680,15 +487,20 @@ impl Channels {
                         return;
                     }
                 };
-                joined.tracked = true;
+                joined.channel.tracked = true;
                 self.gateway
+                    .channels
                     .presences
-                    .track(&joined.slug, conn, &joined.presence_key, meta)
+                    .track(&joined.channel.channel, conn, &joined.presence_key, meta)
                     .await
             }
             Some("untrack") => {
-                joined.tracked = false;
-                self.gateway.presences.untrack(&joined.slug, conn).await
+                joined.channel.tracked = false;
+                self.gateway
+                    .channels
+                    .presences
+                    .untrack(&joined.channel.channel, conn)
+                    .await
             }
             _ => {
                 self.refuse(frame, "presence event must be track or untrack");
@@ -703,27 +515,10 @@ impl Channels {
 
     /// Unregisters a channel everywhere.
     async fn close(&self, joined: Joined) {
-        joined.subscriber.close();
-        self.gateway.broadcasts.leave(&joined.room);
-        if let Some(presence) = &joined.presence {
-            self.gateway.presences.leave(presence);
-        }
-        if joined.tracked {
-            if let Err(e) = self
-                .gateway
-                .presences
-                .untrack(&joined.slug, self.outbox.id)
-                .await
-            {
-                tracing::warn!(channel = %joined.slug, error = %e, "could not remove presence");
-            }
-        }
-        for (membership, _) in &joined.feeds {
-            self.gateway.feeds.unsubscribe(membership);
-        }
-        if let Some(persisted) = &joined.persisted {
-            self.gateway.messages.unregister(persisted);
-        }
+        self.gateway
+            .channels
+            .leave(joined.channel, self.outbox.id)
+            .await;
     }
 
     /// Leaves every channel (the connection ended).

@@ -1,21 +1,20 @@
 //! One nself-API connection: its identity, its joined rooms and its limits, whatever protocol
 //! (Socket.IO or `/ws`) carries the requests.
 //!
-//! A room is a channel: joining authorizes it with RLS exactly like a Phoenix join
-//! ([`channel_access`]), then registers one [`Subscriber`] (encoding for this connection's
-//! [`Wire`]) with the broadcast room, the NOTIFY room, typing, presence and, for channels that
-//! persist messages, the chat relay; then the connection tracks its user's presence in the room,
-//! which is what other members see as `user:joined`. The reply goes out before the subscriber's
-//! gate opens (see [`Reply::open`]), so the joiner hears `room:joined` before anything else.
+//! A room is a channel, joined through the channel service ([`crate::channels`]) exactly like a
+//! Phoenix join: a [`JoinRequest`] for this connection's [`Wire`] with the broadcast room, the
+//! NOTIFY room, typing and presence, which also tracks the user's presence in the room at once
+//! (what other members see as `user:joined`); channels that persist messages register with the
+//! chat relay. The reply goes out before the subscriber's gate opens (see [`Reply::open`]), so
+//! the joiner hears `room:joined` before anything else.
 
 use super::request::{ApiError, ErrorCode, Request};
-use crate::auth::channel_access::{self, AccessError, ChannelAccess};
+use crate::auth::channel_access::{AccessError, ChannelAccess};
 use crate::auth::identity::Identity;
-use crate::broadcast::Membership;
+use crate::channels::{JoinError, JoinRequest, JoinedChannel};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
-use crate::messages::{Outgoing, PersistedChannel, SendError};
+use crate::messages::{Outgoing, SendError};
 use crate::outbox::Outbox;
-use crate::presence::PresenceMembership;
 use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
 use crate::subscriber::{Subscriber, Wire};
@@ -84,17 +83,10 @@ impl Tracked {
     }
 }
 
-/// A joined room.
+/// A joined room: the service's channel, and the threads this connection is typing in
+/// (`None`: the room itself), stopped when it leaves.
 struct Joined {
-    subscriber: Arc<Subscriber>,
-    access: ChannelAccess,
-    room: Membership,
-    notify: Membership,
-    typing: Option<Membership>,
-    presence: Option<PresenceMembership>,
-    persisted: Option<PersistedChannel>,
-    tracked: bool,
-    /// Threads (None: the room itself) this connection is typing in.
+    channel: JoinedChannel,
     typing_in: HashSet<Option<String>>,
 }
 
@@ -114,6 +106,29 @@ pub struct RoomSession {
 
 fn server_error(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::ServerError, format!("{what}: {e}"))
+}
+
+/// A failed join or re-authorization of `room`, in the nself API's codes.
+fn room_error(e: JoinError, room: &str) -> ApiError {
+    match e {
+        JoinError::TooMany(max) => ApiError::new(
+            ErrorCode::RateLimitExceeded,
+            format!(
+                "too many rooms: at most {max} per connection (REALTIME_MAX_CHANNELS_PER_CLIENT)"
+            ),
+        ),
+        JoinError::Unavailable(_) => ApiError::new(ErrorCode::ServerError, e.to_string()),
+        JoinError::Access(AccessError::Session(e)) => {
+            ApiError::new(ErrorCode::AuthenticationFailed, e.to_string())
+        }
+        JoinError::Access(other) => server_error("cannot authorize the room", other),
+        JoinError::Denied(reason) => ApiError::new(
+            ErrorCode::RoomAccessDenied,
+            reason.unwrap_or_else(|| format!("Access denied to room: {room}")),
+        )
+        .with_details(json!({ "roomName": room })),
+        other => server_error("cannot join the room", other),
+    }
 }
 
 impl RoomSession {
@@ -285,18 +300,17 @@ impl RoomSession {
         self.gateway.identify(self.outbox.id, &self.user_id());
         // Rooms joined under the old token are checked again under the new claims.
         for room in self.room_names() {
-            match self.authorize(&identity, &room).await {
-                Ok(access) => {
-                    if let Some(joined) = self.rooms.get_mut(&room) {
-                        joined.access = access;
-                    }
+            let joined = self.rooms.get_mut(&room).expect("a joined room");
+            let kept = self
+                .gateway
+                .channels
+                .reauthorize(&mut joined.channel, identity.clone())
+                .await;
+            if kept.is_err() {
+                if let Some(joined) = self.rooms.remove(&room) {
+                    self.close(&room, joined).await;
                 }
-                Err(_) => {
-                    if let Some(joined) = self.rooms.remove(&room) {
-                        self.close(&room, joined).await;
-                    }
-                    left.push(room);
-                }
+                left.push(room);
             }
         }
         let mut body = self.authenticated_body();
@@ -304,120 +318,49 @@ impl RoomSession {
         Ok(Reply::new(Some("authenticated"), body))
     }
 
-    async fn authorize(&self, identity: &Identity, room: &str) -> Result<ChannelAccess, ApiError> {
-        let mut client = self
-            .gateway
-            .pool
-            .get()
-            .await
-            .map_err(|e| server_error("authorization is unavailable", e))?;
-        let access = channel_access::authorize(
-            &mut client,
-            &identity.claims,
-            &self.gateway.roles,
-            room,
-            false,
-            self.gateway.config.require_channels,
-        )
-        .await
-        .map_err(|e| match e {
-            AccessError::Session(e) => {
-                ApiError::new(ErrorCode::AuthenticationFailed, e.to_string())
-            }
-            other => server_error("cannot authorize the room", other),
-        })?;
-        if !access.allowed {
-            return Err(ApiError::new(
-                ErrorCode::RoomAccessDenied,
-                access
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| format!("Access denied to room: {room}")),
-            )
-            .with_details(json!({ "roomName": room })));
-        }
-        Ok(access)
-    }
-
     async fn join(&mut self, room: &str) -> Result<Reply, ApiError> {
         if let Some(joined) = self.rooms.get(room) {
             return Ok(Reply::new(
                 Some("room:joined"),
-                joined_body(room, &joined.access),
-            ));
-        }
-        let max = self.gateway.config.max_channels_per_client;
-        if self.rooms.len() >= max {
-            return Err(ApiError::new(
-                ErrorCode::RateLimitExceeded,
-                format!("too many rooms: at most {max} per connection (REALTIME_MAX_CHANNELS_PER_CLIENT)"),
+                joined_body(room, &joined.channel.access),
             ));
         }
         let identity = self.identity.clone().expect("checked by handle");
-        let access = self.authorize(&identity, room).await?;
-        let gateway = self.gateway.clone();
-        let subscriber = Arc::new(Subscriber::new(
-            self.outbox.clone(),
-            self.wire,
-            room.into(),
-            None,
-        ));
-        let bus = |e: nself_realtime_shared::bus::BusError| server_error("cannot join the room", e);
-        let room_membership = gateway
-            .broadcasts
-            .join(room, subscriber.clone(), true)
-            .await
-            .map_err(bus)?;
-        let notify = match gateway
-            .notifications
-            .join(room, subscriber.clone(), true)
-            .await
-        {
-            Ok(notify) => notify,
-            Err(e) => {
-                gateway.broadcasts.leave(&room_membership);
-                return Err(bus(e));
-            }
+        let limits = &self.gateway.config.nself;
+        let request = JoinRequest {
+            topic: room.into(),
+            join_ref: None,
+            channel: room.to_string(),
+            wire: self.wire,
+            identity,
+            private: false,
+            receive_own: true,
+            notifications: true,
+            typing: limits.typing,
+            presence: limits.presence,
+            track: limits
+                .presence
+                .then(|| (self.user_id(), self.presence_meta())),
+            postgres_changes: Vec::new(),
+            resume: None,
         };
-        let mut joined = Joined {
-            subscriber: subscriber.clone(),
-            access,
-            room: room_membership,
-            notify,
-            typing: None,
-            presence: None,
-            persisted: None,
-            tracked: false,
-            typing_in: HashSet::new(),
-        };
-        let limits = &gateway.config.nself;
-        let registered = async {
-            if limits.typing {
-                joined.typing = Some(gateway.typing.join(room, subscriber.clone(), true).await?);
-            }
-            if let (true, Some(channel_id)) = (joined.access.persisted, &joined.access.channel_id) {
-                joined.persisted = Some(gateway.messages.register(channel_id, room).await?);
-            }
-            if limits.presence {
-                joined.presence = Some(gateway.presences.join(room, subscriber.clone()).await?);
-                gateway
-                    .presences
-                    .track(room, self.outbox.id, &self.user_id(), self.presence_meta())
-                    .await?;
-                joined.tracked = true;
-            }
-            Ok::<_, nself_realtime_shared::bus::BusError>(())
-        }
-        .await;
-        if let Err(e) = registered {
-            self.close(room, joined).await;
-            return Err(bus(e));
-        }
-        let body = joined_body(room, &joined.access);
-        self.rooms.insert(room.to_string(), joined);
-        self.log("join", room, json!({}));
+        let channel = self
+            .gateway
+            .channels
+            .join(&self.outbox, self.rooms.len(), request)
+            .await
+            .map_err(|e| room_error(e, room))?;
+        let body = joined_body(room, &channel.access);
         let mut reply = Reply::new(Some("room:joined"), body);
-        reply.open = Some(subscriber);
+        reply.open = Some(channel.subscriber.clone());
+        self.rooms.insert(
+            room.to_string(),
+            Joined {
+                channel,
+                typing_in: HashSet::new(),
+            },
+        );
+        self.log("join", room, json!({}));
         Ok(reply)
     }
 
@@ -442,7 +385,7 @@ impl RoomSession {
 
     fn may_send(&self, room: &str) -> Result<&Joined, ApiError> {
         let joined = self.joined(room)?;
-        if !joined.access.can_send {
+        if !joined.channel.access.can_send {
             return Err(ApiError::new(
                 ErrorCode::RoomAccessDenied,
                 format!("you may not send to room {room}"),
@@ -539,8 +482,9 @@ impl RoomSession {
             thread_id,
         };
         let joined = self.joined(room)?;
-        let persisted = joined.persisted.is_some();
+        let persisted = joined.channel.is_persisted();
         let room_type = joined
+            .channel
             .access
             .channel_type
             .clone()
@@ -548,6 +492,7 @@ impl RoomSession {
         let sent = if persisted {
             let identity = self.identity.clone().expect("checked by handle");
             self.gateway
+                .channels
                 .messages
                 .store(&identity, room, &outgoing)
                 .await
@@ -557,6 +502,7 @@ impl RoomSession {
                 conn: self.outbox.id,
             };
             self.gateway
+                .channels
                 .messages
                 .publish(from, &self.user_id(), room, &outgoing)
                 .await
@@ -598,9 +544,15 @@ impl RoomSession {
         self.allow_event()?;
         self.may_send(room)?;
         let user = self.user_id();
-        crate::typing::signal(&self.gateway.typing, room, &user, thread.as_deref(), typing)
-            .await
-            .map_err(|e| server_error("typing not sent", e))?;
+        crate::typing::signal(
+            &self.gateway.channels.typing,
+            room,
+            &user,
+            thread.as_deref(),
+            typing,
+        )
+        .await
+        .map_err(|e| server_error("typing not sent", e))?;
         self.log(
             "typing",
             room,
@@ -679,15 +631,16 @@ impl RoomSession {
         let user = self.user_id();
         for name in &rooms {
             if let Some(joined) = self.rooms.get_mut(name) {
-                if joined.presence.is_none() {
+                if !joined.channel.has_presence() {
                     continue;
                 }
                 self.gateway
+                    .channels
                     .presences
                     .track(name, self.outbox.id, &user, meta.clone())
                     .await
                     .map_err(|e| server_error("presence not updated", e))?;
-                joined.tracked = true;
+                joined.channel.tracked = true;
             }
         }
         for name in &rooms {
@@ -719,6 +672,7 @@ impl RoomSession {
             meta: Some(json!({ "userId": self.user_id() })),
         };
         self.gateway
+            .channels
             .broadcasts
             .publish(room, &envelope)
             .await
@@ -732,32 +686,18 @@ impl RoomSession {
 
     /// Unregisters a room everywhere; a typist stops typing, a tracked member leaves.
     async fn close(&self, room: &str, joined: Joined) {
-        joined.subscriber.close();
-        let gateway = &self.gateway;
-        gateway.broadcasts.leave(&joined.room);
-        gateway.notifications.leave(&joined.notify);
-        if let Some(typing) = &joined.typing {
+        let channels = &self.gateway.channels;
+        if joined.channel.has_typing() {
             let user = self.user_id();
             for thread in &joined.typing_in {
                 let stopped =
-                    crate::typing::signal(&gateway.typing, room, &user, thread.as_deref(), false);
+                    crate::typing::signal(&channels.typing, room, &user, thread.as_deref(), false);
                 if let Err(e) = stopped.await {
                     tracing::debug!(channel = room, error = %e, "could not clear typing");
                 }
             }
-            gateway.typing.leave(typing);
         }
-        if let Some(persisted) = &joined.persisted {
-            gateway.messages.unregister(persisted);
-        }
-        if let Some(presence) = &joined.presence {
-            gateway.presences.leave(presence);
-        }
-        if joined.tracked {
-            if let Err(e) = gateway.presences.untrack(room, self.outbox.id).await {
-                tracing::warn!(channel = room, error = %e, "could not remove presence");
-            }
-        }
+        channels.leave(joined.channel, self.outbox.id).await;
     }
 
     /// Leaves every room (the connection ended).

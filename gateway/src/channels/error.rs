@@ -1,0 +1,33 @@
+//! Why joining (or re-authorizing) a channel failed: one error for every protocol, which each
+//! adapter words in its own terms (a Phoenix reason, an nself error code).
+
+use crate::auth::channel_access::AccessError;
+use nself_realtime_shared::bus::BusError;
+
+/// Why a join (or a re-authorization) failed. The texts are the ones clients see where the
+/// protocol has no words of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("too many channels: at most {0} per connection (REALTIME_MAX_CHANNELS_PER_CLIENT)")]
+    TooMany(usize),
+    /// No connection to authorize with.
+    #[error("authorization is unavailable: {0}")]
+    Unavailable(String),
+    /// The authorization question could not be answered.
+    #[error(transparent)]
+    Access(AccessError),
+    /// The channel rules refuse the claims; the rules' reason, if they gave one.
+    #[error("{}", .0.as_deref().unwrap_or("Unauthorized: you do not have permission to join this channel"))]
+    Denied(Option<String>),
+    /// A table a binding names does not exist, may not be read, or a filter cannot match.
+    #[error("{0}")]
+    Tables(String),
+    /// A binding names a table that cannot become a subject.
+    #[error("{0}")]
+    Invalid(String),
+    /// Registering with a relay (broadcast, presence, typing, chat) failed.
+    #[error("{0}")]
+    Relay(#[from] BusError),
+    #[error("cannot follow table changes: {0}")]
+    Feed(BusError),
+}

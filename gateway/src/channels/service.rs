@@ -1,0 +1,324 @@
+//! The join service: one way to join, re-authorize and leave a channel, whatever protocol asks.
+//!
+//! A protocol adapter turns its frame into a [`JoinRequest`]; [`ChannelService::join`]
+//! authorizes it (the channel rules under the joiner's claims, then the tables its
+//! postgres_changes bindings name), creates the channel's [`Subscriber`] and registers it with
+//! every relay the request asks for, and hands back a [`JoinedChannel`]. The subscriber is
+//! gated: nothing reaches the client until the adapter has queued its reply and opened it, so
+//! "joined" means live. A failure half way unregisters what was registered and returns a
+//! [`JoinError`], which each adapter words in its own protocol.
+
+use super::error::JoinError;
+use super::tables;
+use crate::auth::channel_access::{self, ChannelAccess};
+use crate::auth::identity::Identity;
+use crate::auth::session::AllowedRoles;
+use crate::broadcast::{Broadcasts, Membership};
+use crate::changes::binding::Binding;
+use crate::changes::feed::{ChangeFeeds, FeedMembership, TableSubscription};
+use crate::db::Pool;
+use crate::messages::{Messages, PersistedChannel};
+use crate::outbox::{ConnId, Outbox};
+use crate::presence::{PresenceMembership, Presences};
+use crate::subscriber::{Subscriber, Wire};
+use nself_realtime_shared::bus::StartAt;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// What a client asks for when it joins a channel.
+pub struct JoinRequest {
+    /// The topic as the client wrote it (`realtime:room1`, or a room name): frames carry it.
+    pub topic: Arc<str>,
+    /// The join's ref: frames for this join instance carry it (Phoenix).
+    pub join_ref: Option<String>,
+    /// The channel name that authorization and the relays use (`room1`).
+    pub channel: String,
+    pub wire: Wire,
+    pub identity: Arc<Identity>,
+    /// The client asked for a private channel (`config.private`).
+    pub private: bool,
+    /// Receive its own broadcasts (`config.broadcast.self`).
+    pub receive_own: bool,
+    /// Receive the channel's NOTIFY payloads (`db:notification`).
+    pub notifications: bool,
+    /// Receive who is typing.
+    pub typing: bool,
+    /// Receive presence state and changes.
+    pub presence: bool,
+    /// Track this connection in the channel's presence at once, under this key and meta.
+    pub track: Option<(String, Map<String, Value>)>,
+    pub postgres_changes: Vec<Binding>,
+    /// Replay table changes from this point (`postgres_changes_options.since`).
+    pub resume: Option<StartAt>,
+}
+
+/// A joined channel: its subscriber, what it was authorized as, and its place in each relay.
+pub struct JoinedChannel {
+    pub subscriber: Arc<Subscriber>,
+    pub channel: String,
+    pub private: bool,
+    pub identity: Arc<Identity>,
+    pub access: ChannelAccess,
+    /// Tracked in the channel's presence (removed when the channel closes).
+    pub tracked: bool,
+    /// Warnings for the client from the table checks (unpublished tables).
+    pub warnings: Vec<String>,
+    resume: Option<StartAt>,
+    room: Option<Membership>,
+    notify: Option<Membership>,
+    typing: Option<Membership>,
+    presence: Option<PresenceMembership>,
+    feeds: Vec<(FeedMembership, Arc<TableSubscription>)>,
+    persisted: Option<PersistedChannel>,
+}
+
+impl JoinedChannel {
+    /// The postgres_changes bindings the channel follows.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.feeds
+            .iter()
+            .flat_map(|(_, subscription)| subscription.bindings.iter().cloned())
+            .collect()
+    }
+
+    /// Whether the channel receives presence.
+    pub fn has_presence(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// Whether the channel follows typing.
+    pub fn has_typing(&self) -> bool {
+        self.typing.is_some()
+    }
+
+    /// Whether the channel persists its messages (registered with the chat relay).
+    pub fn is_persisted(&self) -> bool {
+        self.persisted.is_some()
+    }
+}
+
+/// Joins, re-authorizes and leaves channels: the authorization context and the relays.
+pub struct ChannelService {
+    pub pool: Pool,
+    pub roles: Arc<AllowedRoles>,
+    /// `REALTIME_REQUIRE_CHANNELS`: a topic without a `realtime.channels` row is refused.
+    pub require_channels: bool,
+    /// `REALTIME_MAX_CHANNELS_PER_CLIENT`.
+    pub max_channels: usize,
+    pub broadcasts: Arc<Broadcasts>,
+    pub notifications: Arc<Broadcasts>,
+    pub typing: Arc<Broadcasts>,
+    pub presences: Arc<Presences>,
+    pub messages: Arc<Messages>,
+    pub feeds: Arc<ChangeFeeds>,
+}
+
+impl ChannelService {
+    /// Joins `request` for the connection of `outbox`, which has `joined` channels already.
+    /// The returned channel's subscriber is still gated: open it once the reply is queued.
+    pub async fn join(
+        &self,
+        outbox: &Arc<Outbox>,
+        joined: usize,
+        request: JoinRequest,
+    ) -> Result<JoinedChannel, JoinError> {
+        if joined >= self.max_channels {
+            return Err(JoinError::TooMany(self.max_channels));
+        }
+        let access = self
+            .authorize(&request.identity, &request.channel, request.private)
+            .await?;
+        let warnings = tables::check(
+            &self.pool,
+            &self.roles,
+            &request.identity,
+            &request.postgres_changes,
+        )
+        .await?;
+        let subscriber = Arc::new(Subscriber::new(
+            outbox.clone(),
+            request.wire,
+            request.topic.clone(),
+            request.join_ref.clone(),
+        ));
+        let mut channel = JoinedChannel {
+            subscriber,
+            channel: request.channel.clone(),
+            private: request.private,
+            identity: request.identity.clone(),
+            access,
+            tracked: false,
+            warnings,
+            resume: request.resume,
+            room: None,
+            notify: None,
+            typing: None,
+            presence: None,
+            feeds: Vec::new(),
+            persisted: None,
+        };
+        match self.register(&mut channel, outbox.id, request).await {
+            Ok(()) => Ok(channel),
+            Err(e) => {
+                self.leave(channel, outbox.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers the channel's subscriber with every relay the request asks for.
+    async fn register(
+        &self,
+        channel: &mut JoinedChannel,
+        conn: ConnId,
+        request: JoinRequest,
+    ) -> Result<(), JoinError> {
+        let (name, subscriber) = (request.channel.as_str(), channel.subscriber.clone());
+        channel.room = Some(
+            self.broadcasts
+                .join(name, subscriber.clone(), request.receive_own)
+                .await?,
+        );
+        if request.notifications {
+            channel.notify = Some(
+                self.notifications
+                    .join(name, subscriber.clone(), true)
+                    .await?,
+            );
+        }
+        if request.typing {
+            channel.typing = Some(self.typing.join(name, subscriber.clone(), true).await?);
+        }
+        if let (true, Some(id)) = (channel.access.persisted, &channel.access.channel_id) {
+            channel.persisted = Some(self.messages.register(id, name).await?);
+        }
+        if request.presence {
+            channel.presence = Some(self.presences.join(name, subscriber.clone()).await?);
+        }
+        if let Some((key, meta)) = request.track {
+            self.presences.track(name, conn, &key, meta).await?;
+            channel.tracked = true;
+        }
+        for (subject, bindings) in by_subject(&request.postgres_changes)? {
+            let subscription = TableSubscription::new(
+                subscriber.clone(),
+                bindings,
+                request.identity.clone(),
+                request.resume.is_some(),
+            );
+            let membership = self
+                .feeds
+                .subscribe(&subject, subscription.clone())
+                .await
+                .map_err(JoinError::Feed)?;
+            channel.feeds.push((membership, subscription));
+        }
+        Ok(())
+    }
+
+    /// The channel rules' decision for `identity` (RLS on `realtime.channels`): an error when
+    /// it may not join.
+    pub async fn authorize(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        private: bool,
+    ) -> Result<ChannelAccess, JoinError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| JoinError::Unavailable(e.to_string()))?;
+        let access = channel_access::authorize(
+            &mut client,
+            &identity.claims,
+            &self.roles,
+            channel,
+            private,
+            self.require_channels,
+        )
+        .await
+        .map_err(JoinError::Access)?;
+        if !access.allowed {
+            return Err(JoinError::Denied(access.reason.clone()));
+        }
+        Ok(access)
+    }
+
+    /// Checks a joined channel under new claims (`access_token`, a re-authentication): the
+    /// channel and every table its bindings name. On success the channel acts as `identity`
+    /// from now on; on failure it is unchanged and the caller closes it.
+    pub async fn reauthorize(
+        &self,
+        channel: &mut JoinedChannel,
+        identity: Arc<Identity>,
+    ) -> Result<(), JoinError> {
+        let access = self
+            .authorize(&identity, &channel.channel, channel.private)
+            .await?;
+        tables::check(&self.pool, &self.roles, &identity, &channel.bindings()).await?;
+        for (_, subscription) in &channel.feeds {
+            subscription.set_identity(identity.clone());
+        }
+        channel.identity = identity;
+        channel.access = access;
+        Ok(())
+    }
+
+    /// Starts the replay a join asked for (`postgres_changes_options.since`); call after the
+    /// join reply was queued.
+    pub fn start_replay(&self, channel: &JoinedChannel) {
+        let Some(start) = channel.resume else { return };
+        for (membership, subscription) in &channel.feeds {
+            self.feeds.replay(
+                membership.subject().to_string(),
+                subscription.clone(),
+                start,
+            );
+        }
+    }
+
+    /// Unregisters a channel everywhere; a tracked member of its presence leaves.
+    pub async fn leave(&self, channel: JoinedChannel, conn: ConnId) {
+        channel.subscriber.close();
+        if let Some(room) = &channel.room {
+            self.broadcasts.leave(room);
+        }
+        if let Some(notify) = &channel.notify {
+            self.notifications.leave(notify);
+        }
+        if let Some(typing) = &channel.typing {
+            self.typing.leave(typing);
+        }
+        if let Some(persisted) = &channel.persisted {
+            self.messages.unregister(persisted);
+        }
+        if let Some(presence) = &channel.presence {
+            self.presences.leave(presence);
+        }
+        if channel.tracked {
+            if let Err(e) = self.presences.untrack(&channel.channel, conn).await {
+                tracing::warn!(channel = %channel.channel, error = %e, "could not remove presence");
+            }
+        }
+        for (membership, _) in &channel.feeds {
+            self.feeds.unsubscribe(membership);
+        }
+    }
+}
+
+/// The bindings grouped by the change-log subject each reads: one feed subscription per
+/// distinct subject, in the bindings' order.
+fn by_subject(bindings: &[Binding]) -> Result<Vec<(String, Vec<Binding>)>, JoinError> {
+    let mut groups: Vec<(String, Vec<Binding>)> = Vec::new();
+    for binding in bindings {
+        let subject = binding
+            .subject_filter()
+            .map_err(|e| JoinError::Invalid(e.to_string()))?;
+        match groups.iter_mut().find(|(s, _)| *s == subject) {
+            Some((_, list)) => list.push(binding.clone()),
+            None => groups.push((subject, vec![binding.clone()])),
+        }
+    }
+    Ok(groups)
+}
