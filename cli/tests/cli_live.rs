@@ -745,8 +745,8 @@ fn stop_local_postgres(dir: &Path) {
     if !data.join("postmaster.pid").exists() {
         return;
     }
-    if let Ok(bin) = nself_realtime_shared::local_postgres::bin_dir() {
-        let _ = nself_realtime_shared::local_postgres::postgres_user_command(&bin.join("pg_ctl"))
+    if let Ok(bin) = nself_realtime_local_postgres::bin_dir() {
+        let _ = nself_realtime_local_postgres::postgres_user_command(&bin.join("pg_ctl"))
             .args(["stop", "-m", "immediate", "-w", "-D"])
             .arg(&data)
             .status();

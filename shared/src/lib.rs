@@ -8,7 +8,6 @@ pub mod bus;
 pub mod config;
 pub mod event;
 pub mod jwt;
-pub mod local_postgres;
 pub mod lsn;
 pub mod metrics;
 pub mod nats;

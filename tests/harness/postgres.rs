@@ -73,7 +73,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 
 /// The newest PostgreSQL server binaries (as `nself-realtime up` finds them).
 fn bin_dir() -> PathBuf {
-    nself_realtime_shared::local_postgres::bin_dir().unwrap_or_else(|e| panic!("{e}"))
+    nself_realtime_local_postgres::bin_dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Postgres {

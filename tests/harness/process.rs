@@ -36,7 +36,7 @@ pub fn cleanup_on_exit(cleanup: &str) {
 
 // Whether we run as root, and a command that runs a Postgres program as the `postgres` OS user
 // when we do: the same rules `nself-realtime up` follows for its local cluster.
-pub use nself_realtime_shared::local_postgres::{
+pub use nself_realtime_local_postgres::{
     postgres_user_command as as_postgres_user, running_as_root,
 };
 

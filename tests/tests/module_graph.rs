@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 /// `lib.rs` or `main.rs`).
 const CRATES: &[(&str, &str)] = &[
     ("shared", "shared/src"),
+    ("local_postgres", "local_postgres/src"),
     ("cdc", "cdc/src"),
     ("gateway", "gateway/src"),
     ("cli", "cli/src"),

@@ -448,7 +448,7 @@ fn local_cluster(dir: &Path) -> Option<String> {
         .ok()?;
     Some(format!(
         "postgres://postgres@127.0.0.1:{port}/{}",
-        nself_realtime_shared::local_postgres::DATABASE
+        nself_realtime_local_postgres::DATABASE
     ))
 }
 

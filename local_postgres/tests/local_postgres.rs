@@ -1,11 +1,11 @@
-//! The local cluster of `nself-realtime up` (`shared::local_postgres`) against real PostgreSQL:
+//! The local cluster of `nself-realtime up` (`nself_realtime_local_postgres`) against real PostgreSQL:
 //! first start and settings, data kept across restarts, a stale `postmaster.pid` left by a
 //! killed server, an orphaned server, a cluster already in use, and port choice.
 //!
 //! Each test works in its own directory under the system temp dir; [`Scratch`] stops any server
 //! still running there and deletes the directory even when the test fails.
 
-use nself_realtime_shared::local_postgres::{
+use nself_realtime_local_postgres::{
     bin_dir, postgres_user_command, running_as_root, LocalPostgres, LocalPostgresError,
 };
 use std::os::unix::fs::PermissionsExt;
