@@ -184,7 +184,8 @@ async fn jetstream_ceiling(nats: &async_nats::Client, count: u64) -> anyhow::Res
     use async_nats::jetstream::stream::Config;
     use futures::stream::FuturesOrdered;
     use std::future::IntoFuture;
-    let js = nself_realtime_cdc::publisher::context(nats.clone(), 8192, Duration::from_secs(10));
+    let js =
+        nself_realtime_shared::bus::jetstream_context(nats.clone(), 8192, Duration::from_secs(10));
     let source = js.get_stream("REALTIME_DB").await?;
     let sample = source.get_raw_message(1).await?.payload;
     js.create_stream(Config {

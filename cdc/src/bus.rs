@@ -8,12 +8,14 @@
 //! endpoint follows its log and `/health` reports its connection. Only the NATS variant has a
 //! connection to watch, a server `max_payload` and a stream to create.
 
-use crate::publisher;
+use crate::publisher::PublishError;
 use nself_realtime_shared::bus::{
-    Broker, MemoryBroker, MemoryChangeLog, NatsBroker, StreamSettings,
+    ensure_stream, Broker, ChangeLogWriter, JetStreamChangeLogWriter, MemoryBroker,
+    MemoryChangeLog, NatsBroker, StreamSettings,
 };
 use nself_realtime_shared::startup::StartError;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Which bus the CDC publishes to.
 #[derive(Clone)]
@@ -68,9 +70,9 @@ impl CdcBus {
                     .await
                     .map_err(StartError::nats_connect)?;
                 let js = async_nats::jetstream::new(nats.clone());
-                publisher::ensure_stream(&js, settings).await.map_err(|e| {
+                ensure_stream(&js, settings).await.map_err(|e| {
                     StartError::jetstream_setup(
-                        e,
+                        PublishError::Stream(e.to_string()),
                         "NATS_URL must point at a server with JetStream enabled (nats-server -js)",
                     )
                 })?;
@@ -81,6 +83,31 @@ impl CdcBus {
                 broker: broker.clone(),
             }),
         }
+    }
+
+    /// A writer of the change log for one replication session: the stream `REALTIME_DB` (created
+    /// or updated, its end read; `resume_sequence` as [`JetStreamChangeLogWriter::open`] says),
+    /// or the in-process log. The CDC's one choice of backend for table changes.
+    pub async fn writer(
+        &self,
+        settings: &StreamSettings,
+        max_in_flight: usize,
+        ack_timeout: Duration,
+        resume_sequence: Option<u64>,
+    ) -> Result<Box<dyn ChangeLogWriter>, PublishError> {
+        Ok(match self {
+            CdcBus::Nats(nats) => Box::new(
+                JetStreamChangeLogWriter::open(
+                    nats.clone(),
+                    settings,
+                    max_in_flight,
+                    ack_timeout,
+                    resume_sequence,
+                )
+                .await?,
+            ),
+            CdcBus::InProcess { log, .. } => Box::new(log.clone()),
+        })
     }
 
     /// Where NOTIFY payloads go: core NATS, or the in-process broker.

@@ -24,8 +24,9 @@ use crate::metrics::CdcMetrics;
 use crate::pgoutput::events::{EventBuilder, Step};
 use crate::pgoutput::messages::Message;
 use crate::postgres_error::describe;
-use crate::publisher::{self, PublishError, Publisher, StreamSettings, Target};
+use crate::publisher::{PublishError, Publisher};
 use crate::replication::{ConnectOptions, ReplicationClient, ReplicationError, ReplicationEvent};
+use nself_realtime_shared::bus::StreamSettings;
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::postgres_tls::Database;
 use std::sync::Arc;
@@ -106,20 +107,14 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     let mut client = ReplicationClient::connect(&database, &options).await?;
     client.create_slot_if_missing(&s.slot).await?;
 
-    let (mut target, stream_end) = match &s.bus {
-        CdcBus::Nats(nats) => {
-            let js = publisher::context(nats.clone(), s.max_in_flight, ACK_TIMEOUT);
-            publisher::ensure_stream(&js, &s.stream).await?;
-            let stream_end = publisher::last_published(&js).await?;
-            let target = Target::JetStream {
-                js,
-                max_payload: nats.server_info().max_payload,
-                expected_last_sequence: stream_end.last_sequence,
-            };
-            (target, stream_end)
-        }
-        CdcBus::InProcess { log, .. } => (Target::Memory(log.clone()), publisher::last_logged(log)),
-    };
+    // The sequence the server reported when it last refused an event is only a hint for the
+    // next writer; it is consumed once this session streams.
+    let resume_sequence = *s.server_sequence.lock().unwrap();
+    let writer = s
+        .bus
+        .writer(&s.stream, s.max_in_flight, ACK_TIMEOUT, resume_sequence)
+        .await?;
+    let stream_end = writer.end();
 
     let catalog = plain_connection(&s.database).await?;
     let slot_lsn: Option<String> = catalog
@@ -145,16 +140,8 @@ pub async fn run_session(s: &Session, mut stop: watch::Receiver<bool>) -> Result
     s.health.set_role(Role::Leader);
     tracing::info!(slot = %s.slot, from = %confirmed, stream_last_sequence = stream_end.last_sequence, skip_through = ?stream_end.last_id.map(|id| id.to_string()), "streaming");
 
-    if let Target::JetStream {
-        expected_last_sequence,
-        ..
-    } = &mut target
-    {
-        if let Some(server) = s.server_sequence.lock().unwrap().take() {
-            *expected_last_sequence = server;
-        }
-    }
-    let mut publisher = Publisher::new(target, s.max_in_flight, stream_end, s.metrics.clone());
+    s.server_sequence.lock().unwrap().take();
+    let mut publisher = Publisher::new(writer, s.max_in_flight, s.metrics.clone());
     let mut builder = EventBuilder::new();
     let mut events = Vec::new();
     let mut reported = confirmed;

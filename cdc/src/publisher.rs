@@ -1,59 +1,32 @@
-//! Publishing change events to the bus, and knowing which LSN is safe to confirm to Postgres.
+//! Publishing change events to the change log, and knowing which LSN is safe to confirm to
+//! Postgres.
 //!
-//! Two targets ([`Target`]): JetStream (stream `REALTIME_DB`, for a CDC sidecar and any number
-//! of gateways) and the in-process [`MemoryChangeLog`] (`nself-realtime up` without
-//! `NATS_URL`). The window logic is one code path for both: [`Publisher::publish`] sends and
-//! returns at once, keeping the acknowledgement future in an ordered window of at most
-//! `max_in_flight` events. The caller marks each transaction's end with [`Publisher::commit`];
-//! an LSN becomes confirmable only when every event of its transaction and of all earlier ones
-//! is acknowledged ([`Publisher::next_confirmed`]). Nothing is confirmed before it is stored.
-//! An append to the in-process log *is* the store, so its acknowledgement is ready at once; it
-//! still goes through the window, so confirmation, `is_full` and `is_idle` behave the same.
+//! The publisher writes through a [`ChangeLogWriter`] (JetStream, or the in-process log of
+//! `nself-realtime up`; [`crate::bus::CdcBus::writer`] picks it), so the window logic is one
+//! code path for both: [`Publisher::publish`] sends and returns at once, keeping the
+//! acknowledgement in an ordered window of at most `max_in_flight` events. The caller marks
+//! each transaction's end with [`Publisher::commit`]; an LSN becomes confirmable only when every
+//! event of its transaction and of all earlier ones is acknowledged
+//! ([`Publisher::next_confirmed`]). Nothing is confirmed before it is stored.
 //!
-//! Exactly once, in order, on JetStream:
-//!
-//! * every event carries `Nats-Msg-Id` = its deterministic id, so JetStream drops a
-//!   re-publication within its duplicate window;
-//! * a publisher created after a restart skips every id up to the last one already in the
-//!   stream ([`last_published`]), so exactness does not depend on that window;
-//! * every event also carries `Nats-Expected-Last-Sequence` = the stream sequence the event
-//!   before it got (or the stream's last sequence for the first one), so JetStream refuses any
-//!   event whose predecessor is missing. The stream therefore never has a gap: what it holds
-//!   is always a prefix of what was sent, in order — even when the client reconnects and
-//!   re-sends buffered messages after others were lost with the old socket. That is what makes
-//!   "skip up to the last stored id" safe. After any refusal or publish error the caller drops
-//!   the publisher and resumes from the slot's confirmed LSN.
-//!
-//! In process the same holds more simply: an append cannot be lost half-way, a new session
-//! skips every id up to the log's last one ([`last_logged`]), and the log itself drops an id
-//! not greater than its last one, as JetStream's `Nats-Msg-Id` does.
+//! Exactly once, in order: the writer stores events in the order sent and never one whose
+//! predecessor is missing (on JetStream, `Nats-Expected-Last-Sequence`; see
+//! `shared::bus::JetStreamChangeLogWriter`), and a publisher skips every id up to the last one
+//! the log already holds ([`ChangeLogWriter::end`]), so a new session after any crash neither
+//! loses nor repeats an event. After any refusal or publish error the caller drops the
+//! publisher and resumes from the slot's confirmed LSN.
 
 use crate::metrics::CdcMetrics;
-use async_nats::jetstream::context::{Context, PublishAckFuture};
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use nself_realtime_shared::bus::MemoryChangeLog;
+use nself_realtime_shared::bus::{AppendError, ChangeLogWriter, Stored};
 use nself_realtime_shared::config::DB_STREAM;
 use nself_realtime_shared::event::{ChangeEvent, EventId};
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::subject;
 use std::collections::VecDeque;
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
-
-/// Largest event JSON the in-process log takes whole; a bigger one is reduced to its primary
-/// key, as on JetStream. Nothing in process limits a message, but a multi-megabyte row pushed
-/// to every subscriber's socket is almost certainly a mistake, and 8 MiB matches the largest
-/// `max_payload` people commonly give nats-server, so `up` and a NATS deployment behave alike.
-pub const IN_PROCESS_MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
-
-/// Room left in JetStream's `max_payload` for the subject and headers of a message.
-const HEADER_ALLOWANCE: usize = 1024;
 
 /// Why publishing stopped. Every variant ends the replication session; the service reconnects
 /// and resumes from the last confirmed LSN.
@@ -68,168 +41,31 @@ pub enum PublishError {
     #[error("JetStream did not acknowledge an event: {0}")]
     Ack(String),
     /// JetStream refused an event because the stream does not end where the publisher expected:
-    /// an earlier event was lost on the way, or the server's count moved (see
-    /// [`Target::JetStream`]). Carries the server's last sequence, where the next session starts.
+    /// an earlier event was lost on the way, or the server's count moved. Carries the server's
+    /// last sequence, where the next session starts.
     #[error("JetStream refused an event: the stream's last sequence is {0}, not the one expected; resuming from the slot")]
     OutOfStep(u64),
     #[error("event {0} has a name that cannot become a NATS subject: {1}")]
     Subject(EventId, subject::SubjectError),
 }
 
-pub use nself_realtime_shared::bus::StreamSettings;
-
-/// Creates the stream, or updates its retention and duplicate window to the configured ones
-/// (the definition is shared with the gateways that read it).
-pub async fn ensure_stream(js: &Context, settings: &StreamSettings) -> Result<(), PublishError> {
-    nself_realtime_shared::bus::ensure_stream(js, settings)
-        .await
-        .map_err(|e| PublishError::Stream(e.to_string()))
-}
-
-/// Where the stream ends: its last sequence and the id of the event stored there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamEnd {
-    /// The stream's last sequence (0 for a new stream); it stays when messages expire.
-    pub last_sequence: u64,
-    /// The id of the newest event, if the stream still holds it.
-    pub last_id: Option<EventId>,
-}
-
-/// Reads where the stream ends.
-pub async fn last_published(js: &Context) -> Result<StreamEnd, PublishError> {
-    let err = |e: &dyn std::fmt::Display| PublishError::LastEvent(e.to_string());
-    let mut stream = js.get_stream(DB_STREAM).await.map_err(|e| err(&e))?;
-    let last_sequence = stream
-        .info()
-        .await
-        .map_err(|e| err(&e))?
-        .state
-        .last_sequence;
-    if last_sequence == 0 {
-        return Ok(StreamEnd::default());
-    }
-    let last_id = match stream.get_raw_message(last_sequence).await {
-        Ok(message) => message
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .and_then(|id| id.as_str().parse().ok()),
-        // Expired or deleted: nothing left to deduplicate against.
-        Err(e)
-            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-        {
-            None
+impl From<AppendError> for PublishError {
+    fn from(e: AppendError) -> PublishError {
+        match e {
+            AppendError::Setup(e) => PublishError::Stream(e),
+            AppendError::End(e) => PublishError::LastEvent(e),
+            AppendError::Send(e) => PublishError::Publish(e),
+            AppendError::Ack(e) => PublishError::Ack(e),
+            AppendError::OutOfStep(sequence) => PublishError::OutOfStep(sequence),
         }
-        Err(e) => return Err(err(&e)),
-    };
-    Ok(StreamEnd {
-        last_sequence,
-        last_id,
-    })
-}
-
-/// Builds a JetStream context whose own in-flight limit sits above ours, so that our window,
-/// not the client's, decides when to stop reading.
-pub fn context(client: async_nats::Client, max_in_flight: usize, ack_timeout: Duration) -> Context {
-    async_nats::jetstream::ContextBuilder::new()
-        .max_ack_inflight(max_in_flight + 64)
-        .ack_timeout(ack_timeout)
-        .timeout(ack_timeout)
-        .build(client)
-}
-
-/// Where the in-process log ends: its newest id (there are no sequences to keep in step with,
-/// so `last_sequence` is 0).
-pub fn last_logged(log: &MemoryChangeLog) -> StreamEnd {
-    StreamEnd {
-        last_sequence: 0,
-        last_id: log.last_id(),
-    }
-}
-
-/// Where a publisher puts events.
-// One per replication session, built once and never moved on a hot path: boxing the JetStream
-// context to even out the variants would buy nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Target {
-    /// The JetStream stream `REALTIME_DB`.
-    JetStream {
-        js: Context,
-        /// The server's `max_payload`; a bigger event is reduced to its primary key.
-        max_payload: usize,
-        /// The stream's last sequence as JetStream will see it when the next event arrives:
-        /// the next event carries it as `Nats-Expected-Last-Sequence`. Normally
-        /// [`StreamEnd::last_sequence`]; after a refusal it is the sequence the server
-        /// reported, because a nats-server that crashed can restart counting from a sequence
-        /// its store does not reach (it then stores the next event right after its last
-        /// message, so the stream stays gap-free).
-        expected_last_sequence: u64,
-    },
-    /// The in-process change log; events over [`IN_PROCESS_MAX_EVENT_BYTES`] are reduced.
-    Memory(MemoryChangeLog),
-}
-
-impl Target {
-    /// The largest event JSON sent whole, and how to describe that limit in an event's `errors`.
-    fn event_limit(&self) -> (usize, String) {
-        match self {
-            Target::JetStream { max_payload, .. } => (
-                max_payload.saturating_sub(HEADER_ALLOWANCE),
-                format!(
-                    "NATS max_payload ({max_payload} bytes): only the primary key is sent; \
-                     raise max_payload in nats-server.conf to receive whole rows"
-                ),
-            ),
-            Target::Memory(_) => (
-                IN_PROCESS_MAX_EVENT_BYTES,
-                format!(
-                    "the in-process bus limit ({IN_PROCESS_MAX_EVENT_BYTES} bytes): only the \
-                     primary key is sent"
-                ),
-            ),
-        }
-    }
-}
-
-/// One event's acknowledgement, in the window. Resolves to whether the target already had the
-/// event (a duplicate dropped by id).
-enum Ack {
-    /// JetStream's answer, still to come.
-    JetStream(<PublishAckFuture as IntoFuture>::IntoFuture),
-    /// Appended to the in-process log (or dropped there as a duplicate): ready at once.
-    Stored { duplicate: bool },
-}
-
-impl Future for Ack {
-    type Output = Result<bool, PublishError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Ack::JetStream(ack) => ack
-                .as_mut()
-                .poll(cx)
-                .map(|result| result.map(|ack| ack.duplicate).map_err(refusal)),
-            Ack::Stored { duplicate } => Poll::Ready(Ok(*duplicate)),
-        }
-    }
-}
-
-/// JetStream's refusal of an event, as the error that restarts the session.
-fn refusal(e: async_nats::jetstream::context::PublishError) -> PublishError {
-    let server_last = (e.kind()
-        == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence)
-        .then(|| server_last_sequence(&e.to_string()))
-        .flatten();
-    match server_last {
-        Some(sequence) => PublishError::OutOfStep(sequence),
-        None => PublishError::Ack(e.to_string()),
     }
 }
 
 /// The ordered window of unacknowledged events of one replication session.
 pub struct Publisher {
-    target: Target,
+    writer: Box<dyn ChangeLogWriter>,
     max_in_flight: usize,
-    acks: FuturesOrdered<Ack>,
+    acks: FuturesOrdered<Stored>,
     /// Events sent so far, and acknowledged so far (acks complete in order).
     sent: u64,
     acked: u64,
@@ -241,22 +77,21 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher to `target`, whose stored events end at `stream_end` (from
-    /// [`last_published`] or [`last_logged`]): every id up to its `last_id` is skipped.
+    /// A publisher through `writer`: every id up to the last one the log holds is skipped.
     pub fn new(
-        target: Target,
+        writer: Box<dyn ChangeLogWriter>,
         max_in_flight: usize,
-        stream_end: StreamEnd,
         metrics: Arc<CdcMetrics>,
     ) -> Publisher {
+        let skip_through = writer.end().last_id;
         Publisher {
-            target,
+            writer,
             max_in_flight,
             acks: FuturesOrdered::new(),
             sent: 0,
             acked: 0,
             commits: VecDeque::new(),
-            skip_through: stream_end.last_id,
+            skip_through,
             metrics,
         }
     }
@@ -287,35 +122,11 @@ impl Publisher {
             .map_err(|e| PublishError::Subject(event.id, e))?;
         let payload = self.encode(event);
         let bytes = payload.len();
-        let ack = match &mut self.target {
-            Target::JetStream {
-                js,
-                expected_last_sequence,
-                ..
-            } => {
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    event.id.to_string().as_str(),
-                );
-                headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-                    expected_last_sequence.to_string().as_str(),
-                );
-                let ack = js
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(|e| PublishError::Publish(e.to_string()))?;
-                tracing::trace!(id = %event.id, expected_last_sequence = *expected_last_sequence, "published");
-                *expected_last_sequence += 1;
-                Ack::JetStream(ack.into_future())
-            }
-            Target::Memory(log) => {
-                let duplicate = log.append(event.id, subject, payload).is_none();
-                tracing::trace!(id = %event.id, duplicate, "appended to the in-process log");
-                Ack::Stored { duplicate }
-            }
-        };
+        let ack = self
+            .writer
+            .append(event.id, subject, payload)
+            .await
+            .map_err(PublishError::from)?;
         self.acks.push_back(ack);
         self.sent += 1;
         self.metrics.events_published.inc();
@@ -328,7 +139,7 @@ impl Publisher {
     /// (on JetStream, publishing it whole would fail forever and stall the stream).
     fn encode(&self, event: &ChangeEvent) -> Bytes {
         let json = serde_json::to_vec(event).expect("change events always serialize");
-        let (limit, limit_text) = self.target.event_limit();
+        let (limit, limit_text) = self.writer.event_limit();
         if json.len() <= limit {
             return Bytes::from(json);
         }
@@ -382,7 +193,7 @@ impl Publisher {
             None => std::future::pending().await,
             Some(Err(e)) => {
                 self.metrics.publish_errors.inc();
-                Err(e)
+                Err(e.into())
             }
             Some(Ok(duplicate)) => {
                 if duplicate {
@@ -396,25 +207,11 @@ impl Publisher {
     }
 }
 
-/// The sequence in JetStream's refusal `wrong last sequence: 1136`.
-fn server_last_sequence(error: &str) -> Option<u64> {
-    let (_, rest) = error.split_once("wrong last sequence: ")?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusals_name_the_server_sequence() {
-        assert_eq!(
-            server_last_sequence("wrong last sequence: 1136 (code 400, error code 10071)"),
-            Some(1136)
-        );
-        assert_eq!(server_last_sequence("timed out"), None);
-    }
+    use nself_realtime_shared::bus::{MemoryChangeLog, IN_PROCESS_MAX_EVENT_BYTES};
+    use std::time::Duration;
 
     fn event(lsn: u64, position: u32, label: &str) -> ChangeEvent {
         let record: nself_realtime_shared::event::Row =
@@ -440,9 +237,8 @@ mod tests {
 
     fn memory_publisher(log: &MemoryChangeLog, max_in_flight: usize) -> Publisher {
         Publisher::new(
-            Target::Memory(log.clone()),
+            Box::new(log.clone()),
             max_in_flight,
-            last_logged(log),
             Arc::new(CdcMetrics::new()),
         )
     }

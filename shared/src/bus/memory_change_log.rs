@@ -7,8 +7,8 @@
 //! sequence) and wait on a [`Notify`] for new entries; a reader whose next entry was already
 //! dropped gets [`BusError::Expired`].
 
-use super::change_log::Following;
-use super::{BusError, ChangeLog, LoggedChange, StartAt};
+use super::change_log::{Following, LogEnd, Stored};
+use super::{AppendError, BusError, ChangeLog, ChangeLogWriter, LoggedChange, StartAt};
 use crate::event::EventId;
 use crate::subject::subject_matches;
 use async_trait::async_trait;
@@ -19,6 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
+
+/// Largest event JSON the in-process log takes whole; a bigger one is reduced to its primary
+/// key, as on JetStream. Nothing in process limits a message, but a multi-megabyte row pushed
+/// to every subscriber's socket is almost certainly a mistake, and 8 MiB matches the largest
+/// `max_payload` people commonly give nats-server, so `up` and a NATS deployment behave alike.
+pub const IN_PROCESS_MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 struct Entry {
     sequence: u64,
@@ -161,6 +167,40 @@ fn next_after(shared: &Shared, filter: &str, cursor: u64) -> Result<Look, BusErr
         subject: entry.subject.clone(),
         payload: entry.payload.clone(),
     }))
+}
+
+/// The CDC of `up` appends here directly: an append *is* the store, so its acknowledgement is
+/// ready at once, and an id not above the last one is dropped as a duplicate (as JetStream's
+/// `Nats-Msg-Id` does). There are no sequences to keep in step with (`last_sequence` is 0).
+#[async_trait]
+impl ChangeLogWriter for MemoryChangeLog {
+    fn end(&self) -> LogEnd {
+        LogEnd {
+            last_sequence: 0,
+            last_id: self.last_id(),
+        }
+    }
+
+    fn event_limit(&self) -> (usize, String) {
+        (
+            IN_PROCESS_MAX_EVENT_BYTES,
+            format!(
+                "the in-process bus limit ({IN_PROCESS_MAX_EVENT_BYTES} bytes): only the primary \
+                 key is sent"
+            ),
+        )
+    }
+
+    async fn append(
+        &mut self,
+        id: EventId,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<Stored, AppendError> {
+        let duplicate = MemoryChangeLog::append(self, id, subject, payload).is_none();
+        tracing::trace!(%id, duplicate, "appended to the in-process log");
+        Ok(Box::pin(std::future::ready(Ok(duplicate))))
+    }
 }
 
 #[async_trait]

@@ -6,7 +6,8 @@
 //! | concept | trait | in-process | NATS |
 //! | --- | --- | --- | --- |
 //! | ephemeral pub/sub (broadcast, NOTIFY) | [`Broker`] | [`MemoryBroker`] | [`NatsBroker`] (core NATS) |
-//! | the ordered, retained log of table changes | [`ChangeLog`] | [`MemoryChangeLog`] | [`JetStreamChangeLog`] (stream `REALTIME_DB`) |
+//! | the ordered, retained log of table changes: read | [`ChangeLog`] | [`MemoryChangeLog`] | [`JetStreamChangeLog`] (stream `REALTIME_DB`) |
+//! | … and written by the CDC | [`ChangeLogWriter`] | [`MemoryChangeLog`] | [`JetStreamChangeLogWriter`] |
 //! | presence entries shared by every gateway | [`PresenceStore`] | [`MemoryPresence`] | [`KvPresence`] (KV bucket `realtime_presence`) |
 //!
 //! Subjects are NATS subjects (see [`crate::subject`]) in both backends, so callers never care
@@ -23,11 +24,17 @@ mod nats_broker;
 mod presence;
 
 pub use broker::{Broker, BusMessage};
-pub use change_log::{ChangeLog, ChangeStream, Following, LoggedChange, StartAt};
-pub use jetstream_change_log::{ensure_stream, JetStreamChangeLog, StreamSettings};
+pub use change_log::{
+    AppendError, ChangeLog, ChangeLogWriter, ChangeStream, Following, LogEnd, LoggedChange,
+    StartAt, Stored,
+};
+pub use jetstream_change_log::{
+    context as jetstream_context, ensure_stream, JetStreamChangeLog, JetStreamChangeLogWriter,
+    StreamSettings,
+};
 pub use kv_presence::KvPresence;
 pub use memory_broker::MemoryBroker;
-pub use memory_change_log::MemoryChangeLog;
+pub use memory_change_log::{MemoryChangeLog, IN_PROCESS_MAX_EVENT_BYTES};
 pub use memory_presence::MemoryPresence;
 pub use nats_broker::NatsBroker;
 pub use presence::{PresenceChange, PresenceEntry, PresenceStore, PresenceWatch, PRESENCE_BUCKET};
