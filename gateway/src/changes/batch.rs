@@ -44,6 +44,8 @@ pub struct StageContext<'a> {
     pub pool: &'a Pool,
     pub roles: &'a AllowedRoles,
     pub metrics: &'a Metrics,
+    /// [`super::feed::ChangeFeeds`]' identity epoch when the batch started.
+    pub identity_epoch: u64,
 }
 
 /// Stage 1: the header of each change, or `None` for a change that is not a change event
@@ -165,7 +167,7 @@ pub fn filtered_columns(subscriptions: &[Arc<TableSubscription>]) -> ColumnNames
 pub async fn facts(
     context: &StageContext<'_>,
     headers: &[Option<ChangeHeader<'_>>],
-    subscriptions: &[Arc<TableSubscription>],
+    subscriptions: &Arc<[Arc<TableSubscription>]>,
 ) -> Facts {
     let mut facts = Facts::default();
     for header in headers.iter().flatten() {
@@ -205,6 +207,7 @@ pub async fn facts(
                 context.roles,
                 &info,
                 subscriptions,
+                context.identity_epoch,
                 &context.metrics.rls_queries,
             )
             .await;

@@ -19,13 +19,14 @@ use super::batch::{self, StageContext};
 use super::owner_index::OwnerIndexes;
 use super::rls::TableCatalog;
 pub use super::subscription::TableSubscription;
+use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::db::Pool;
 use crate::metrics::Metrics;
 use futures::{FutureExt, StreamExt};
 use nself_realtime_shared::bus::{BusError, ChangeLog, LoggedChange, StartAt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::OnceCell;
 
@@ -36,10 +37,59 @@ const MAX_REPLAY: u64 = 100_000;
 
 struct Feed {
     filter: String,
-    subscriptions: RwLock<HashMap<u64, Arc<TableSubscription>>>,
+    subscriptions: RwLock<Members>,
     joining: AtomicUsize,
     started: OnceCell<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A feed's subscriptions by key, and the snapshot its task reads: rebuilt by the next batch
+/// after they change, so a batch takes it with one reference count rather than collecting every
+/// subscription, and a join costs the same however many others there are.
+#[derive(Default)]
+struct Members {
+    by_key: HashMap<u64, Arc<TableSubscription>>,
+    /// `None` once the subscriptions changed.
+    snapshot: Option<Snapshot>,
+}
+
+/// The subscriptions of a feed at one moment, and the columns their filters name.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub subscriptions: Arc<[Arc<TableSubscription>]>,
+    pub filtered: Arc<[String]>,
+}
+
+impl Snapshot {
+    fn of(subscriptions: Vec<Arc<TableSubscription>>) -> Snapshot {
+        let filtered = batch::filtered_columns(&subscriptions)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Snapshot {
+            subscriptions: subscriptions.into(),
+            filtered,
+        }
+    }
+}
+
+impl Members {
+    fn insert(&mut self, key: u64, subscription: Arc<TableSubscription>) {
+        self.by_key.insert(key, subscription);
+        self.snapshot = None;
+    }
+
+    fn remove(&mut self, key: u64) {
+        if self.by_key.remove(&key).is_some() {
+            self.snapshot = None;
+        }
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        self.snapshot
+            .get_or_insert_with(|| Snapshot::of(self.by_key.values().cloned().collect()))
+            .clone()
+    }
 }
 
 /// A subscription's place in a feed, to leave it.
@@ -65,6 +115,9 @@ pub struct ChangeFeeds {
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     metrics: Arc<Metrics>,
     owners: OwnerIndexes,
+    /// Bumped whenever a subscription changes identity, so a cached owner index built under
+    /// the old claims is not used.
+    identity_epoch: AtomicU64,
 }
 
 /// How a batch's deliveries go out.
@@ -89,6 +142,7 @@ impl ChangeFeeds {
             feeds: Mutex::new(HashMap::new()),
             metrics,
             owners: OwnerIndexes::default(),
+            identity_epoch: AtomicU64::new(0),
         })
     }
 
@@ -111,7 +165,7 @@ impl ChangeFeeds {
                 .or_insert_with(|| {
                     Arc::new(Feed {
                         filter: filter.to_string(),
-                        subscriptions: RwLock::new(HashMap::new()),
+                        subscriptions: RwLock::new(Members::default()),
                         joining: AtomicUsize::new(0),
                         started: OnceCell::new(),
                         task: Mutex::new(None),
@@ -156,21 +210,17 @@ impl ChangeFeeds {
                 let (Some(feeds), Some(feed)) = (feeds.upgrade(), weak_feed.upgrade()) else {
                     break;
                 };
-                let subscriptions: Vec<Arc<TableSubscription>> = feed
+                let snapshot = feed
                     .subscriptions
-                    .read()
+                    .write()
                     .expect("subscriptions lock")
-                    .values()
-                    .cloned()
-                    .collect();
-                feeds
-                    .process(&changes, &subscriptions, Mode::Live, None)
-                    .await;
+                    .snapshot();
+                feeds.process(&changes, &snapshot, Mode::Live, None).await;
                 if let Some(e) = error {
                     // The reader broke (the log is gone or unreachable for good): tell the
                     // channels, which may rejoin.
                     tracing::error!(filter = %filter, error = %e, "change feed stopped");
-                    for subscription in subscriptions {
+                    for subscription in snapshot.subscriptions.iter() {
                         subscription
                             .fail(&format!("the change feed stopped: {e}; rejoin the channel"));
                     }
@@ -182,6 +232,13 @@ impl ChangeFeeds {
         Ok(())
     }
 
+    /// Switches a subscription to new claims (after `access_token`): its rows are checked
+    /// under them from the next batch on.
+    pub fn set_identity(&self, subscription: &TableSubscription, identity: Arc<Identity>) {
+        subscription.set_identity(identity);
+        self.identity_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Removes a subscription; the last one out stops the feed.
     pub fn unsubscribe(&self, membership: &FeedMembership) {
         let mut feeds = self.feeds.lock().expect("feeds lock");
@@ -189,8 +246,8 @@ impl ChangeFeeds {
             return;
         };
         let mut subscriptions = feed.subscriptions.write().expect("subscriptions lock");
-        subscriptions.remove(&membership.key);
-        if subscriptions.is_empty() && feed.joining.load(Ordering::Acquire) == 0 {
+        subscriptions.remove(membership.key);
+        if subscriptions.by_key.is_empty() && feed.joining.load(Ordering::Acquire) == 0 {
             drop(subscriptions);
             if let Some(task) = feed.task.lock().expect("task lock").take() {
                 task.abort();
@@ -223,30 +280,27 @@ impl ChangeFeeds {
                     following.pending_at_start
                 ))
                 }
-                Ok(mut following) => loop {
-                    let Some((changes, error)) = next_batch(&mut following.changes).await else {
-                        break;
-                    };
-                    let caught_up = changes.last().is_some_and(|c| c.pending == 0);
-                    if let Some(change) = changes.last() {
-                        last = change.sequence;
+                Ok(mut following) => {
+                    let alone = Snapshot::of(vec![subscription.clone()]);
+                    loop {
+                        let Some((changes, error)) = next_batch(&mut following.changes).await
+                        else {
+                            break;
+                        };
+                        let caught_up = changes.last().is_some_and(|c| c.pending == 0);
+                        if let Some(change) = changes.last() {
+                            last = change.sequence;
+                        }
+                        feeds.process(&changes, &alone, Mode::Replay, since).await;
+                        if let Some(e) = error {
+                            subscription.fail(&format!("the replay stopped: {e}"));
+                            break;
+                        }
+                        if caught_up || changes.iter().any(|c| c.pending == 0) {
+                            break;
+                        }
                     }
-                    feeds
-                        .process(
-                            &changes,
-                            std::slice::from_ref(&subscription),
-                            Mode::Replay,
-                            since,
-                        )
-                        .await;
-                    if let Some(e) = error {
-                        subscription.fail(&format!("the replay stopped: {e}"));
-                        break;
-                    }
-                    if caught_up || changes.iter().any(|c| c.pending == 0) {
-                        break;
-                    }
-                },
+                }
             }
             subscription.finish_replay(last);
         });
@@ -257,21 +311,24 @@ impl ChangeFeeds {
     async fn process(
         &self,
         changes: &[LoggedChange],
-        subscriptions: &[Arc<TableSubscription>],
+        snapshot: &Snapshot,
         mode: Mode,
         since: Option<time::OffsetDateTime>,
     ) {
         self.metrics.changes_received.inc_by(changes.len() as u64);
+        let subscriptions = &snapshot.subscriptions;
         let context = StageContext {
             catalog: &self.catalog,
             owners: &self.owners,
             pool: &self.pool,
             roles: &self.roles,
             metrics: &self.metrics,
+            identity_epoch: self.identity_epoch.load(Ordering::Acquire),
         };
         let headers = batch::decode(changes, since);
         let facts = batch::facts(&context, &headers, subscriptions).await;
-        let routed = facts.route(headers, &batch::filtered_columns(subscriptions));
+        let filtered = snapshot.filtered.iter().map(String::as_str).collect();
+        let routed = facts.route(headers, &filtered);
         let (candidates, refused) = batch::candidates(&routed, &facts, subscriptions, &self.roles);
         self.metrics.rls_denied_rows.inc_by(refused);
         if candidates.is_empty() {
@@ -328,4 +385,61 @@ async fn next_batch(
         }
     }
     Some((batch, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::binding::Binding;
+    use crate::outbox::Outbox;
+    use crate::subscriber::{Subscriber, Wire};
+    use nself_realtime_shared::jwt::Claims;
+    use serde_json::json;
+
+    fn subscription(filter: Option<&str>) -> Arc<TableSubscription> {
+        let (outbox, _) = Outbox::new(4);
+        let subscriber = Arc::new(Subscriber::new(outbox, Wire::Json, "t".into(), None));
+        let mut binding = json!({"event": "*", "schema": "public", "table": "todos"});
+        if let Some(filter) = filter {
+            binding["filter"] = json!(filter);
+        }
+        let bindings = Binding::parse_all(Some(&json!([binding]))).unwrap();
+        let claims = json!({"role": "authenticated"})
+            .as_object()
+            .unwrap()
+            .clone();
+        TableSubscription::new(
+            subscriber,
+            bindings,
+            Arc::new(Identity::new(Claims::from_map(claims))),
+            false,
+        )
+    }
+
+    #[test]
+    fn a_snapshot_is_reused_until_the_members_change() {
+        let mut members = Members::default();
+        members.insert(1, subscription(Some("done=eq.true")));
+        let first = members.snapshot();
+        assert_eq!(first.subscriptions.len(), 1);
+        assert_eq!(&*first.filtered, ["done".to_string()]);
+        assert!(Arc::ptr_eq(
+            &first.subscriptions,
+            &members.snapshot().subscriptions
+        ));
+        members.insert(2, subscription(None));
+        let second = members.snapshot();
+        assert_eq!(second.subscriptions.len(), 2);
+        assert!(!Arc::ptr_eq(&first.subscriptions, &second.subscriptions));
+        members.remove(1);
+        let third = members.snapshot();
+        assert_eq!(third.subscriptions.len(), 1);
+        assert!(third.filtered.is_empty());
+        // Removing what is not there keeps the snapshot.
+        members.remove(1);
+        assert!(Arc::ptr_eq(
+            &third.subscriptions,
+            &members.snapshot().subscriptions
+        ));
+    }
 }

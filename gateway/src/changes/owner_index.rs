@@ -6,8 +6,10 @@
 //! subscription is filed under the value its rows must carry in the rule's column, so a row
 //! meets only its owners instead of every subscriber. Subscriptions with no rule, or whose
 //! expression failed, stay *undecided* for the general path (one visibility query per table
-//! and claims). An index serves the exact subscriptions and identities it was built from, for
-//! at most [`OWNER_INDEX_TTL`], so refreshed values are picked up.
+//! and claims). An index serves the exact set of subscriptions it was built from (the feed's
+//! snapshot) while no subscription has changed identity (the feeds' identity epoch), for at
+//! most [`OWNER_INDEX_TTL`], so refreshed values are picked up: checking that costs the same
+//! for ten subscriptions or ten thousand.
 
 use super::owner_rule::{self, OwnerRule};
 use super::rls::{TableCatalog, TableInfo};
@@ -53,22 +55,25 @@ impl OwnerIndex {
 struct CachedOwnerIndex {
     built: Instant,
     info: Arc<TableInfo>,
-    /// The subscriptions and identities it was built for, in order. Holding them keeps their
-    /// addresses from being reused, so pointer equality below means the same subscriptions.
-    members: Vec<(Arc<TableSubscription>, Arc<Identity>)>,
+    /// The subscriptions it was built for. Holding them keeps the list's address from being
+    /// reused, so pointer equality below means the same list.
+    subscriptions: Arc<[Arc<TableSubscription>]>,
+    /// The identity epoch its identities were read in.
+    epoch: u64,
     index: Option<Arc<OwnerIndex>>,
 }
 
 impl CachedOwnerIndex {
-    fn serves(&self, info: &Arc<TableInfo>, subscriptions: &[Arc<TableSubscription>]) -> bool {
+    fn serves(
+        &self,
+        info: &Arc<TableInfo>,
+        subscriptions: &Arc<[Arc<TableSubscription>]>,
+        epoch: u64,
+    ) -> bool {
         self.built.elapsed() < OWNER_INDEX_TTL
+            && self.epoch == epoch
             && Arc::ptr_eq(&self.info, info)
-            && self.members.len() == subscriptions.len()
-            && self
-                .members
-                .iter()
-                .zip(subscriptions)
-                .all(|((s, i), now)| Arc::ptr_eq(s, now) && Arc::ptr_eq(i, &now.identity()))
+            && Arc::ptr_eq(&self.subscriptions, subscriptions)
     }
 }
 
@@ -80,13 +85,15 @@ pub struct OwnerIndexes {
 
 impl OwnerIndexes {
     /// The owner index of `info`'s table for `subscriptions`, when an owner rule decides any of
-    /// them: from the cache, or built now (`queries` counts the queries issued).
+    /// them: from the cache, or built now (`queries` counts the queries issued). `epoch` is
+    /// the feeds' identity epoch, read before the subscriptions' identities.
     pub async fn for_table(
         &self,
         catalog: &TableCatalog,
         roles: &AllowedRoles,
         info: &Arc<TableInfo>,
-        subscriptions: &[Arc<TableSubscription>],
+        subscriptions: &Arc<[Arc<TableSubscription>]>,
+        epoch: u64,
         queries: &prometheus::IntCounter,
     ) -> Option<Arc<OwnerIndex>> {
         let key = (info.schema.clone(), info.table.clone());
@@ -98,18 +105,14 @@ impl OwnerIndexes {
             .and_then(|built| {
                 built
                     .iter()
-                    .find(|c| c.serves(info, subscriptions))
+                    .find(|c| c.serves(info, subscriptions, epoch))
                     .map(|c| c.index.clone())
             });
         if let Some(index) = cached {
             return index;
         }
-        // The identities are read once, and the index is built from exactly these.
-        let members: Vec<(Arc<TableSubscription>, Arc<Identity>)> = subscriptions
-            .iter()
-            .map(|s| (s.clone(), s.identity()))
-            .collect();
-        let identities: Vec<Arc<Identity>> = members.iter().map(|(_, i)| i.clone()).collect();
+        // The identities are read once, after the epoch, and the index is built from these.
+        let identities: Vec<Arc<Identity>> = subscriptions.iter().map(|s| s.identity()).collect();
         let index = build(catalog, roles, info, &identities, queries)
             .await
             .map(Arc::new);
@@ -121,7 +124,8 @@ impl OwnerIndexes {
         cache.entry(key).or_default().push(CachedOwnerIndex {
             built: Instant::now(),
             info: info.clone(),
-            members,
+            subscriptions: subscriptions.clone(),
+            epoch,
             index: index.clone(),
         });
         index
@@ -233,6 +237,64 @@ mod tests {
             column: "owner".into(),
             expression: "realtime.user_id()".into(),
         }
+    }
+
+    fn table() -> Arc<TableInfo> {
+        Arc::new(TableInfo {
+            schema: "public".into(),
+            table: "todos".into(),
+            rls: true,
+            key: vec![("id".into(), "integer".into())],
+            columns: vec![],
+            policies: vec![],
+            owner: "postgres".into(),
+            force_rls: false,
+            bypass_roles: vec![],
+            readers: vec!["authenticated".into()],
+        })
+    }
+
+    fn subscription() -> Arc<TableSubscription> {
+        let (outbox, _) = crate::outbox::Outbox::new(4);
+        let subscriber = Arc::new(crate::subscriber::Subscriber::new(
+            outbox,
+            crate::subscriber::Wire::Json,
+            "t".into(),
+            None,
+        ));
+        TableSubscription::new(
+            subscriber,
+            Vec::new(),
+            identity(json!({"role": "authenticated", "sub": "u1"})),
+            false,
+        )
+    }
+
+    #[test]
+    fn a_cached_index_serves_the_same_subscriptions_in_the_same_epoch_only() {
+        let info = table();
+        let one = subscription();
+        let list: Arc<[Arc<TableSubscription>]> = vec![one.clone()].into();
+        let cached = CachedOwnerIndex {
+            built: Instant::now(),
+            info: info.clone(),
+            subscriptions: list.clone(),
+            epoch: 7,
+            index: None,
+        };
+        assert!(cached.serves(&info, &list, 7));
+        // Someone's identity changed since.
+        assert!(!cached.serves(&info, &list, 8));
+        // The same members in a new list (the feed's membership changed and came back).
+        let again: Arc<[Arc<TableSubscription>]> = vec![one].into();
+        assert!(!cached.serves(&info, &again, 7));
+        // The table's facts were refreshed.
+        assert!(!cached.serves(&table(), &list, 7));
+        let old = CachedOwnerIndex {
+            built: Instant::now() - OWNER_INDEX_TTL,
+            ..cached
+        };
+        assert!(!old.serves(&info, &list, 7));
     }
 
     #[test]

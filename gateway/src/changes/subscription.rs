@@ -52,8 +52,9 @@ impl TableSubscription {
         })
     }
 
-    /// Switches to new claims (after `access_token`).
-    pub fn set_identity(&self, identity: Arc<Identity>) {
+    /// Switches to new claims (after `access_token`); through
+    /// [`super::feed::ChangeFeeds::set_identity`], which invalidates owner indexes.
+    pub(super) fn set_identity(&self, identity: Arc<Identity>) {
         *self.identity.write().expect("identity lock") = identity;
     }
 

@@ -258,7 +258,7 @@ impl ChannelService {
             .await?;
         tables::check(&self.pool, &self.roles, &identity, &channel.bindings()).await?;
         for (_, subscription) in &channel.feeds {
-            subscription.set_identity(identity.clone());
+            self.feeds.set_identity(subscription, identity.clone());
         }
         channel.identity = identity;
         channel.access = access;
