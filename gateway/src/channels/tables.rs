@@ -11,6 +11,25 @@ use crate::db::Pool;
 use nself_realtime_shared::event::Column;
 use serde_json::Value;
 
+/// For each (schema, table): whether it exists, whether the session's role may SELECT from it,
+/// whether a publication carries it, and (when `$3`, a filter is to be checked) its columns and
+/// their types as the CDC names them in change events (a domain as its base type).
+const TABLES: &str =
+    "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
+     EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.schemaname = u.s AND p.tablename = u.t),
+     coalesce(cols.names, '{}'), coalesce(cols.types, '{}')
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
+     LEFT JOIN pg_namespace n ON n.nspname = u.s
+     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
+     LEFT JOIN LATERAL (
+         SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+         array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum) AS types
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
+         WHERE $3 AND a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     ) cols ON true
+     ORDER BY u.i";
+
 /// Every table a binding names must exist and be readable under the identity's role, and
 /// each filter must be able to match: its columns exist and its values convert to their
 /// types. Returns warnings for the client: tables no publication carries, whose changes
@@ -38,26 +57,11 @@ pub async fn check(
         .map_err(|e| JoinError::Unavailable(e.to_string()))?;
     let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
     let filtered = bindings.iter().any(|b| b.filter.is_some());
-    // Column types as the CDC names them in change events (a domain as its base type),
-    // read only when a filter is to be checked against them.
     let rows = session::query_as(
         &mut client,
         &identity.claims,
         roles,
-        "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
-                EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.schemaname = u.s AND p.tablename = u.t),
-                coalesce(cols.names, '{}'), coalesce(cols.types, '{}')
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, t, i)
-         LEFT JOIN pg_namespace n ON n.nspname = u.s
-         LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = u.t AND c.relkind IN ('r', 'p')
-         LEFT JOIN LATERAL (
-             SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
-                    array_agg(coalesce(b.typname, t.typname)::text ORDER BY a.attnum) AS types
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-             LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
-             WHERE $3 AND a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-         ) cols ON true
-         ORDER BY u.i",
+        TABLES,
         &[&schemas, &names, &filtered],
     )
     .await

@@ -53,6 +53,66 @@ fn join_refusal(e: JoinError, slug: &str) -> Refusal {
     }
 }
 
+/// What a `phx_join`'s `config` asks for.
+struct JoinConfig {
+    private: bool,
+    /// `broadcast.self`, `broadcast.ack`, `presence.enabled`.
+    receive_own: bool,
+    ack: bool,
+    presence: bool,
+    /// `presence.key`, else a random one.
+    presence_key: String,
+    bindings: Vec<Binding>,
+    /// `postgres_changes_options.since`.
+    resume: Option<StartAt>,
+}
+
+impl JoinConfig {
+    fn parse(config: Option<&Map<String, Value>>) -> Result<JoinConfig, Refusal> {
+        let empty = Map::new();
+        let config = config.unwrap_or(&empty);
+        let flag = |section: &str, key: &str| {
+            config
+                .get(section)
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let presence_key = config
+            .get("presence")
+            .and_then(|p| p.get("key"))
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:x}", rand::random::<u64>()));
+        let bindings = Binding::parse_all(config.get("postgres_changes"))?;
+        let resume = match config
+            .get("postgres_changes_options")
+            .and_then(|o| o.get("since"))
+        {
+            None | Some(Value::Null) => None,
+            Some(Value::String(since)) => Some(parse_since(since)?),
+            Some(_) => {
+                return Err(Refusal(
+                    "postgres_changes_options.since must be an RFC 3339 time or an event id".into(),
+                ))
+            }
+        };
+        Ok(JoinConfig {
+            private: config
+                .get("private")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            receive_own: flag("broadcast", "self"),
+            ack: flag("broadcast", "ack"),
+            presence: flag("presence", "enabled"),
+            presence_key,
+            bindings,
+            resume,
+        })
+    }
+}
+
 /// The channels of one connection.
 pub struct Channels {
     gateway: Arc<Gateway>,
@@ -186,47 +246,17 @@ impl Channels {
                 &raw(&json!({})),
             ));
         }
-        let config = payload
-            .get("config")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let flag = |section: &str, key: &str| {
-            config
-                .get(section)
-                .and_then(|s| s.get(key))
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-        };
-        let private = config
-            .get("private")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let receive_own = flag("broadcast", "self");
-        let ack = flag("broadcast", "ack");
-        let presence_enabled = flag("presence", "enabled");
-        let presence_key = config
-            .get("presence")
-            .and_then(|p| p.get("key"))
-            .and_then(Value::as_str)
-            .filter(|k| !k.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{:x}", rand::random::<u64>()));
         let token = payload.get("access_token").and_then(Value::as_str);
         let identity = self.identity_for(token)?;
-        let bindings = Binding::parse_all(config.get("postgres_changes"))?;
-        let start = match config
-            .get("postgres_changes_options")
-            .and_then(|o| o.get("since"))
-        {
-            None | Some(Value::Null) => None,
-            Some(Value::String(since)) => Some(parse_since(since)?),
-            Some(_) => {
-                return Err(Refusal(
-                    "postgres_changes_options.since must be an RFC 3339 time or an event id".into(),
-                ))
-            }
-        };
+        let JoinConfig {
+            private,
+            receive_own,
+            ack,
+            presence,
+            presence_key,
+            bindings,
+            resume,
+        } = JoinConfig::parse(payload.get("config").and_then(Value::as_object))?;
 
         let response = json!({
             "postgres_changes": bindings.iter().map(Binding::reply_json).collect::<Vec<_>>(),
@@ -242,10 +272,10 @@ impl Channels {
             receive_own,
             notifications: false,
             typing: false,
-            presence: presence_enabled,
+            presence,
             track: None,
             postgres_changes: bindings,
-            resume: start,
+            resume,
         };
         let channel = self
             .gateway
