@@ -124,10 +124,10 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
             channel,
             status,
         } => {
-            if !crate::rooms::session::STATUSES.contains(&status.as_str()) {
+            if !crate::presence::STATUSES.contains(&status.as_str()) {
                 return Err(ControlError::Invalid(format!(
                     "status {status:?} is not one of {}",
-                    crate::rooms::session::STATUSES.join(", ")
+                    crate::presence::STATUSES.join(", ")
                 )));
             }
             if user.is_empty() || channel.is_empty() {

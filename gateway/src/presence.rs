@@ -27,6 +27,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+/// The presence statuses of the nself API (seed 001), which its clients and the operators'
+/// `presence track` set.
+pub const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
+
 /// What a presence entry holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {

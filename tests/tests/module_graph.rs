@@ -47,6 +47,87 @@ fn no_crate_has_a_module_cycle() {
     );
 }
 
+/// The gateway's layers, top to bottom (ARCHITECTURE.md): a module may import its own layer or
+/// any below it, never one above. Modules of a folder not listed by name take the folder's
+/// layer (`auth` covers `auth::session`).
+const GATEWAY_LAYERS: &[&[&str]] = &[
+    &["crate", "server"],
+    &["rest", "history", "control", "starting"],
+    &["http_auth"],
+    &[
+        "phoenix",
+        "phoenix::connection",
+        "phoenix::channel",
+        "socketio",
+        "socketio::connection",
+        "native",
+        "native::connection",
+        "rooms",
+        "rooms::session",
+    ],
+    &["socket", "rooms::request"],
+    &["state"],
+    &["channels"],
+    &[
+        "broadcast",
+        "typing",
+        "presence",
+        "messages",
+        "changes::feed",
+        "event_log",
+        "registry",
+    ],
+    &["changes", "subscriber", "wire"],
+    &[
+        "envelope",
+        "outbox",
+        "phoenix::frame",
+        "socketio::packet",
+        "json_write",
+        "json_input",
+        "rate_limit",
+        "metrics",
+    ],
+    &["auth", "db", "config"],
+];
+
+#[test]
+fn gateway_modules_import_only_their_layer_or_below() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let graph = ModuleGraph::read(&root.join("gateway/src"));
+    let layer_of = |module: &[String]| -> Option<usize> {
+        (0..=module.len()).rev().find_map(|n| {
+            let name = display(&module[..n]);
+            GATEWAY_LAYERS
+                .iter()
+                .position(|layer| layer.contains(&name.as_str()))
+        })
+    };
+    let mut unplaced = Vec::new();
+    let mut upward = Vec::new();
+    for module in &graph.modules {
+        let Some(from) = layer_of(module) else {
+            unplaced.push(display(module));
+            continue;
+        };
+        for target in graph.edges.get(module).into_iter().flatten() {
+            if let Some(to) = layer_of(target) {
+                if to < from {
+                    upward.push(format!("{} → {}", display(module), display(target)));
+                }
+            }
+        }
+    }
+    assert!(
+        unplaced.is_empty(),
+        "gateway modules with no layer: {unplaced:?}; add each to GATEWAY_LAYERS (and to the map in ARCHITECTURE.md)"
+    );
+    assert!(
+        upward.is_empty(),
+        "gateway modules importing a layer above their own (move the item down, or pass it in): {upward:?}"
+    );
+}
+
 #[test]
 fn the_check_finds_a_cycle() {
     // The check itself must be able to fail: a two-module cycle and a longer one.

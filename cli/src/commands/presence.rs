@@ -25,7 +25,7 @@ use super::live::{self, Answer, Gateways, LiveArgs};
 use crate::exit::CliError;
 use anyhow::anyhow;
 use nself_realtime_gateway::control::Command;
-use nself_realtime_gateway::rooms::session::STATUSES;
+use nself_realtime_gateway::presence::STATUSES;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -15,6 +15,7 @@ use crate::channels::{JoinError, JoinRequest, JoinedChannel};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::messages::{Outgoing, SendError};
 use crate::outbox::Outbox;
+use crate::presence::STATUSES;
 use crate::rate_limit::RateLimit;
 use crate::state::Gateway;
 use crate::subscriber::{Subscriber, Wire};
@@ -24,8 +25,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The presence statuses of seed 001.
-pub const STATUSES: [&str; 4] = ["online", "away", "busy", "offline"];
 /// Largest `metadata` of a message, and `customStatus` plus presence metadata, as JSON.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
