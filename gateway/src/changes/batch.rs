@@ -517,11 +517,8 @@ fn client_data(payload: &[u8], header: &ChangeHeader, protected: bool) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Outbox;
     use crate::phoenix::frame::Vsn;
-    use crate::subscriber::Subscriber;
     use bytes::Bytes;
-    use nself_realtime_shared::jwt::Claims;
     use serde_json::json;
 
     fn change(sequence: u64, event: Value) -> LoggedChange {
@@ -551,39 +548,7 @@ mod tests {
         )
     }
 
-    fn identity(role: &str, sub: &str) -> Arc<Identity> {
-        let claims = json!({"role": role, "sub": sub});
-        Arc::new(Identity::new(Claims::from_map(
-            claims.as_object().unwrap().clone(),
-        )))
-    }
-
-    fn subscription(
-        wire: Wire,
-        topic: &str,
-        bindings: Value,
-        identity: Arc<Identity>,
-    ) -> Arc<TableSubscription> {
-        let (outbox, _receiver) = Outbox::new(16);
-        let subscriber = Arc::new(Subscriber::new(outbox, wire, topic.into(), None));
-        let bindings = Binding::parse_all(Some(&bindings)).unwrap();
-        TableSubscription::new(subscriber, bindings, identity, false)
-    }
-
-    fn info(rls: bool, readers: &[&str]) -> Arc<TableInfo> {
-        Arc::new(TableInfo {
-            schema: "public".into(),
-            table: "todos".into(),
-            rls,
-            key: vec![("id".into(), "integer".into())],
-            columns: vec![],
-            policies: vec![],
-            owner: "postgres".into(),
-            force_rls: false,
-            bypass_roles: vec![],
-            readers: readers.iter().map(|r| r.to_string()).collect(),
-        })
-    }
+    use crate::changes::fixtures::{identity, subscription, todos as info};
 
     fn facts(info: Arc<TableInfo>, owners: Option<OwnerIndex>) -> Facts {
         Facts {

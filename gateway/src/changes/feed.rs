@@ -390,29 +390,20 @@ async fn next_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changes::binding::Binding;
-    use crate::outbox::Outbox;
-    use crate::subscriber::{Subscriber, Wire};
-    use nself_realtime_shared::jwt::Claims;
+    use crate::changes::fixtures::{self, identity};
+    use crate::subscriber::Wire;
     use serde_json::json;
 
     fn subscription(filter: Option<&str>) -> Arc<TableSubscription> {
-        let (outbox, _) = Outbox::new(4);
-        let subscriber = Arc::new(Subscriber::new(outbox, Wire::Json, "t".into(), None));
         let mut binding = json!({"event": "*", "schema": "public", "table": "todos"});
         if let Some(filter) = filter {
             binding["filter"] = json!(filter);
         }
-        let bindings = Binding::parse_all(Some(&json!([binding]))).unwrap();
-        let claims = json!({"role": "authenticated"})
-            .as_object()
-            .unwrap()
-            .clone();
-        TableSubscription::new(
-            subscriber,
-            bindings,
-            Arc::new(Identity::new(Claims::from_map(claims))),
-            false,
+        fixtures::subscription(
+            Wire::Json,
+            "t",
+            json!([binding]),
+            identity("authenticated", "u1"),
         )
     }
 

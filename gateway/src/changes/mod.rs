@@ -10,6 +10,8 @@ pub mod binding;
 pub mod compare;
 pub mod feed;
 pub mod filter;
+#[cfg(test)]
+mod fixtures;
 pub mod header;
 pub mod owner_index;
 pub mod owner_rule;

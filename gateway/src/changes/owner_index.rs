@@ -224,13 +224,9 @@ fn file_under_values(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nself_realtime_shared::jwt::Claims;
+    use crate::changes::fixtures::{self, identity, todos};
+    use crate::subscriber::Wire;
     use serde_json::json;
-
-    fn identity(claims: serde_json::Value) -> Arc<Identity> {
-        let map = claims.as_object().unwrap().clone();
-        Arc::new(Identity::new(Claims::from_map(map)))
-    }
 
     fn rule() -> OwnerRule {
         OwnerRule {
@@ -240,34 +236,11 @@ mod tests {
     }
 
     fn table() -> Arc<TableInfo> {
-        Arc::new(TableInfo {
-            schema: "public".into(),
-            table: "todos".into(),
-            rls: true,
-            key: vec![("id".into(), "integer".into())],
-            columns: vec![],
-            policies: vec![],
-            owner: "postgres".into(),
-            force_rls: false,
-            bypass_roles: vec![],
-            readers: vec!["authenticated".into()],
-        })
+        todos(true, &["authenticated"])
     }
 
     fn subscription() -> Arc<TableSubscription> {
-        let (outbox, _) = crate::outbox::Outbox::new(4);
-        let subscriber = Arc::new(crate::subscriber::Subscriber::new(
-            outbox,
-            crate::subscriber::Wire::Json,
-            "t".into(),
-            None,
-        ));
-        TableSubscription::new(
-            subscriber,
-            Vec::new(),
-            identity(json!({"role": "authenticated", "sub": "u1"})),
-            false,
-        )
+        fixtures::subscription(Wire::Json, "t", json!([]), identity("authenticated", "u1"))
     }
 
     #[test]
@@ -300,9 +273,9 @@ mod tests {
     #[test]
     fn subscriptions_go_under_their_value_or_stay_undecided() {
         let (u1, u2, u3) = (
-            identity(json!({"role": "authenticated", "sub": "u1"})),
-            identity(json!({"role": "authenticated", "sub": "u2"})),
-            identity(json!({"role": "authenticated", "sub": "u3"})),
+            identity("authenticated", "u1"),
+            identity("authenticated", "u2"),
+            identity("authenticated", "u3"),
         );
         let ruled = vec![
             (0, rule(), u1.clone()),
