@@ -1,5 +1,6 @@
-// postgres_changes through @supabase/supabase-js: typed values, filters, RLS isolation between
-// two users, resume with `since`, and a row committed right after SUBSCRIBED.
+// postgres_changes through @supabase/supabase-js: typed values, filters (PostgREST's text
+// operators and combined conditions too), RLS isolation between two users, resume with `since`,
+// and a row committed right after SUBSCRIBED.
 import { test, after, before } from 'node:test'
 import assert from 'node:assert/strict'
 import { supabase, sql, subscribed, Inbox, closeAll, closeDb, tokens, quietPeriod } from './helpers.mjs'
@@ -59,6 +60,43 @@ test('typed values and filters reach supabase-js', async () => {
   assert.equal(onlyDear.new.id, 2)
   await quietPeriod(300)
   assert.equal(pricey.items.length, 1, 'the price filter let a cheap row through')
+})
+
+test('like, ilike, match, imatch, isdistinct, negated and combined filters', async () => {
+  const client = supabase({ token: tokens.alice })
+  const filters = {
+    like: 'name=like.widget*',
+    ilike: 'name=ilike.*GADGET*',
+    match: 'name=match.^w[a-z]+-[0-9]+$',
+    imatch: 'name=imatch.^W',
+    isdistinct: 'name=isdistinct.widget-1',
+    combined: 'name=like.w*,price=gt.5',
+    negated: 'name=not.ilike.*gadget*',
+    all: undefined,
+  }
+  const inboxes = {}
+  let channel = client.channel('js-text-filters')
+  for (const [key, filter] of Object.entries(filters)) {
+    inboxes[key] = new Inbox()
+    const binding = { event: 'INSERT', schema: 'public', table: 'js_items' }
+    if (filter) binding.filter = filter
+    channel = channel.on('postgres_changes', binding, inboxes[key].push)
+  }
+  await subscribed(channel)
+  await sql(`INSERT INTO public.js_items (id, name, price) VALUES
+      (3001, 'widget-1', 10), (3002, 'Big Gadget', 1), (3003, 'widget-22', 2),
+      (3004, 'Whatsit', 7), (3005, NULL, 3), (3006, 'wonder', 6)`)
+  // One channel gets each change once, naming every binding it matches, in commit order: when
+  // the catch-all has the last row, every filtered binding has had all it will get.
+  await inboxes.all.count(6)
+  const ids = (key) => inboxes[key].items.map((c) => c.new.id)
+  assert.deepEqual(ids('like'), [3001, 3003])
+  assert.deepEqual(ids('ilike'), [3002])
+  assert.deepEqual(ids('match'), [3001, 3003])
+  assert.deepEqual(ids('imatch'), [3001, 3003, 3004, 3006])
+  assert.deepEqual(ids('isdistinct'), [3002, 3003, 3004, 3005, 3006])
+  assert.deepEqual(ids('combined'), [3001, 3006])
+  assert.deepEqual(ids('negated'), [3001, 3003, 3004, 3006])
 })
 
 test('RLS isolates two users', async () => {

@@ -218,7 +218,7 @@ mod tests {
             json!([{"event": "UPSERT", "schema": "public"}]),
             json!([{"event": "*"}]),
             json!([{"event": "*", "schema": "public", "filter": "id=eq.1"}]),
-            json!([{"event": "*", "schema": "public", "table": "t", "filter": "id=like.1"}]),
+            json!([{"event": "*", "schema": "public", "table": "t", "filter": "id=fts.1"}]),
             json!([{"event": "*", "schema": "", "table": "t"}]),
             json!([{"event": 1, "schema": "public"}]),
             json!(["x"]),

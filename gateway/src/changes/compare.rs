@@ -585,3 +585,54 @@ fn parse_time_of_day(text: &str) -> Option<i128> {
     let zone = t[used..].trim_start();
     (zone.is_empty() || parse_zone(zone).is_some()).then_some(nanos)
 }
+
+/// SQL `LIKE` (and `ILIKE` when `case_insensitive`): `%` matches any text, `_` one character,
+/// `\` makes the next character literal; the whole text must match.
+pub fn like(pattern: &str, text: &str, case_insensitive: bool) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Token {
+        Any,
+        One,
+        Literal(char),
+    }
+    let fold = |s: &str| -> Vec<char> {
+        if case_insensitive {
+            s.to_lowercase().chars().collect()
+        } else {
+            s.chars().collect()
+        }
+    };
+    let mut tokens = Vec::new();
+    let mut chars = fold(pattern).into_iter();
+    while let Some(c) = chars.next() {
+        tokens.push(match c {
+            '%' => Token::Any,
+            '_' => Token::One,
+            '\\' => Token::Literal(chars.next().unwrap_or('\\')),
+            c => Token::Literal(c),
+        });
+    }
+    let text = fold(text);
+    // Two pointers; on a mismatch, go back to just after the last `%` and let it take one more
+    // character. Linear in practice, never exponential.
+    let (mut t, mut p) = (0, 0);
+    let mut resume: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match tokens.get(p) {
+            Some(Token::Any) => {
+                resume = Some((p, t));
+                p += 1;
+            }
+            Some(Token::One) => (t, p) = (t + 1, p + 1),
+            Some(Token::Literal(c)) if *c == text[t] => (t, p) = (t + 1, p + 1),
+            _ => match resume {
+                Some((star, from)) => {
+                    resume = Some((star, from + 1));
+                    (t, p) = (from + 1, star + 1);
+                }
+                None => return false,
+            },
+        }
+    }
+    tokens[p..].iter().all(|token| *token == Token::Any)
+}

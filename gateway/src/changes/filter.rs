@@ -4,16 +4,18 @@
 //! realtime-js builds filters with `RealtimePostgresFilterBuilder`: `column=operator.value`,
 //! conditions joined by `,` (all must hold), values PostgREST-quoted (`"..."` with `\"` and `\\`)
 //! when they contain `,()"\` or surrounding spaces, `in.(a,b,"c,d")`, a `not.` prefix for
-//! negation and `is.null` / `is.true` / `is.false`. [`parse`] accepts exactly that and refuses
-//! anything else with an error that says what to write instead; the binding's reply echoes the
-//! client's own string, so no canonical form is ever printed.
+//! negation and `is.null` / `is.true` / `is.false`; and PostgREST's text operators `like`,
+//! `ilike` (SQL patterns, `*` standing for `%`), `match`, `imatch` (regular expressions, as
+//! Postgres' `~` and `~*`) and `isdistinct` (`IS DISTINCT FROM`, null-safe). [`parse`] accepts
+//! exactly that and refuses anything else with an error that says what to write instead; the
+//! binding's reply echoes the client's own string, so no canonical form is ever printed.
 //!
 //! # Evaluation
 //!
 //! [`Filter::matches`] applies SQL's three-valued logic over typed comparisons
 //! ([`super::compare`]: how each column type compares, like Postgres would).
 
-use super::compare::{compare, Kind, Order};
+use super::compare::{compare, like, Kind, Order};
 use nself_realtime_shared::event::Column;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
@@ -26,28 +28,18 @@ pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_IN_VALUES: usize = 100;
 
 const SUPPORTED: &str = "eq, neq, lt, lte, gt, gte, in.(a,b,...), is.null, is.true, is.false, \
-                         each optionally prefixed by not.";
+                         like, ilike, match, imatch, isdistinct, each optionally prefixed by not.";
+
+/// Largest compiled regular expression of a `match` / `imatch` filter, in bytes: a pattern is
+/// evaluated on every change of the table, so its size is bounded.
+const MAX_REGEX_BYTES: usize = 256 * 1024;
+
+/// PostgREST's operators on text, and `isdistinct`.
+const TEXT_OPERATORS: &[&str] = &["like", "ilike", "match", "imatch", "isdistinct"];
 
 /// PostgREST operators realtime filters do not evaluate.
 const UNSUPPORTED: &[&str] = &[
-    "like",
-    "ilike",
-    "match",
-    "imatch",
-    "isdistinct",
-    "fts",
-    "plfts",
-    "phfts",
-    "wfts",
-    "cs",
-    "cd",
-    "ov",
-    "sl",
-    "sr",
-    "nxr",
-    "nxl",
-    "adj",
-    "all",
+    "fts", "plfts", "phfts", "wfts", "cs", "cd", "ov", "sl", "sr", "nxr", "nxl", "adj", "all",
     "any",
 ];
 
@@ -76,6 +68,59 @@ pub enum Test {
     In(Vec<Option<String>>),
     /// `is.null` (also `is.unknown`), `is.true`, `is.false`.
     Is(IsValue),
+    /// `like` / `ilike`: a SQL pattern (`%` any text, `_` one character, `\` escapes;
+    /// PostgREST's `*` stands for `%`), case-insensitive for `ilike`.
+    Like {
+        pattern: String,
+        case_insensitive: bool,
+    },
+    /// `match` / `imatch`: a regular expression found anywhere in the text (Postgres' `~` and
+    /// `~*`).
+    Match(Pattern),
+    /// `isdistinct`: `IS DISTINCT FROM` the value, never unknown (`None`: `isdistinct.null`,
+    /// true for every non-null value).
+    IsDistinct(Option<String>),
+}
+
+/// A compiled `match` / `imatch` expression; equal when written the same way.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    regex: regex::Regex,
+    case_insensitive: bool,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.regex.as_str() == other.regex.as_str()
+            && self.case_insensitive == other.case_insensitive
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Pattern {
+    fn new(column: &str, source: &str, case_insensitive: bool) -> Result<Pattern, FilterError> {
+        regex::RegexBuilder::new(source)
+            .case_insensitive(case_insensitive)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+            .map(|regex| Pattern {
+                regex,
+                case_insensitive,
+            })
+            .map_err(|e| FilterError::Regex {
+                column: column.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn op(&self) -> &'static str {
+        if self.case_insensitive {
+            "imatch"
+        } else {
+            "match"
+        }
+    }
 }
 
 /// A comparison operator.
@@ -198,6 +243,8 @@ pub enum FilterError {
     },
     #[error("filters on array columns are not supported (column {column:?} is {type_name})")]
     ArrayColumn { column: String, type_name: String },
+    #[error("the regular expression on {column:?} is not valid: {reason}")]
+    Regex { column: String, reason: String },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,7 +326,11 @@ fn parse_condition(part: &str) -> Result<Condition, FilterError> {
     };
     let Some((op, value)) = rest.split_once('.') else {
         return Err(match rest {
-            r if Op::parse(r).is_some() || r == "in" || r == "is" => {
+            r if Op::parse(r).is_some()
+                || TEXT_OPERATORS.contains(&r)
+                || r == "in"
+                || r == "is" =>
+            {
                 FilterError::EmptyValue(column.to_string())
             }
             r if UNSUPPORTED.contains(&r) => FilterError::Unsupported(r.to_string()),
@@ -299,6 +350,17 @@ fn parse_condition(part: &str) -> Result<Condition, FilterError> {
                 })
             }
         }),
+        "like" | "ilike" => Test::Like {
+            pattern: parse_scalar(column, value)?.replace('*', "%"),
+            case_insensitive: op == "ilike",
+        },
+        "match" | "imatch" => Test::Match(Pattern::new(
+            column,
+            &parse_scalar(column, value)?,
+            op == "imatch",
+        )?),
+        "isdistinct" if value.trim().eq_ignore_ascii_case("null") => Test::IsDistinct(None),
+        "isdistinct" => Test::IsDistinct(Some(parse_scalar(column, value)?)),
         _ => match Op::parse(op) {
             Some(op) => Test::Compare(op, parse_scalar(column, value)?),
             None if UNSUPPORTED.contains(&op) => {
@@ -446,7 +508,15 @@ impl Condition {
                 (IsValue::False, Value::Bool(b)) => Some(!*b),
                 _ => None,
             },
+            Test::IsDistinct(None) => Some(!value.is_null()),
+            Test::IsDistinct(Some(_)) if value.is_null() => Some(true),
+            Test::IsDistinct(Some(text)) => Op::Neq.test(compare(kind, value, text)?),
             _ if value.is_null() => None,
+            Test::Like {
+                pattern,
+                case_insensitive,
+            } => Some(like(pattern, value.as_str()?, *case_insensitive)),
+            Test::Match(pattern) => Some(pattern.regex.is_match(value.as_str()?)),
             Test::Compare(op, text) => compare(kind, value, text).and_then(|o| op.test(o)),
             Test::In(items) => {
                 let (mut found, mut null) = (false, false);
@@ -477,7 +547,9 @@ impl Condition {
             op,
             type_name: column.type_name.clone(),
         };
-        if kind == Kind::Array && self.test != Test::Is(IsValue::Null) {
+        if kind == Kind::Array
+            && !matches!(self.test, Test::Is(IsValue::Null) | Test::IsDistinct(None))
+        {
             return Err(FilterError::ArrayColumn {
                 column: self.column.clone(),
                 type_name: column.type_name.clone(),
@@ -494,7 +566,22 @@ impl Condition {
             },
         };
         match &self.test {
-            Test::Is(IsValue::Null) => Ok(()),
+            Test::Is(IsValue::Null) | Test::IsDistinct(None) => Ok(()),
+            Test::Like {
+                case_insensitive, ..
+            } => match kind {
+                Kind::Text(_) | Kind::Other => Ok(()),
+                _ if *case_insensitive => Err(operator_error("ilike")),
+                _ => Err(operator_error("like")),
+            },
+            Test::Match(pattern) => match kind {
+                Kind::Text(_) | Kind::Other => Ok(()),
+                _ => Err(operator_error(pattern.op())),
+            },
+            Test::IsDistinct(Some(text)) => kind
+                .accepts(text)
+                .then_some(())
+                .ok_or_else(|| value_error(text)),
             Test::Is(is) => match kind {
                 Kind::Bool | Kind::Other => Ok(()),
                 _ if *is == IsValue::True => Err(operator_error("is.true")),
@@ -678,15 +765,7 @@ mod tests {
             err("id=not.not.eq.1"),
             FilterError::UnknownOperator("not".into())
         );
-        for op in [
-            "like",
-            "ilike",
-            "match",
-            "imatch",
-            "isdistinct",
-            "fts",
-            "cs",
-        ] {
+        for op in ["fts", "plfts", "cs", "ov", "adj"] {
             let e = err(&format!("name={op}.x"));
             assert_eq!(e, FilterError::Unsupported(op.into()));
             assert!(
@@ -699,7 +778,15 @@ mod tests {
                 FilterError::Unsupported(op.into())
             );
         }
-        assert_eq!(err("name=like"), FilterError::Unsupported("like".into()));
+        assert_eq!(err("name=like"), FilterError::EmptyValue("name".into()));
+        assert_eq!(err("name=fts"), FilterError::Unsupported("fts".into()));
+        assert!(matches!(
+            err(r#"name=match."(unclosed""#),
+            FilterError::Regex { .. }
+        ));
+        assert!(err("name=imatch.[z-a]")
+            .to_string()
+            .contains("regular expression on \"name\" is not valid"));
         assert!(err("id=xx.1")
             .to_string()
             .contains("unknown operator \"xx\""));
@@ -1274,6 +1361,81 @@ mod tests {
         );
         // Columns not in `columns` are compared by shape.
         assert!(parse("id=eq.1").unwrap().matches(&[], &one));
+    }
+
+    #[test]
+    fn text_patterns_and_is_distinct() {
+        let cols = columns(&[("name", "text"), ("n", "int4"), ("tag", "citext")]);
+        let yes = |filter: &str, value: Value| parse(filter).unwrap().matches(&cols, &row(value));
+        // like: % any text, _ one character, * for %, \ escapes; the whole text must match.
+        assert!(yes("name=like.ab%", json!({"name": "abc"})));
+        assert!(yes("name=like.*b*", json!({"name": "abc"})));
+        assert!(yes("name=like.a_c", json!({"name": "abc"})));
+        assert!(!yes("name=like.a_c", json!({"name": "abbc"})));
+        assert!(!yes("name=like.AB%", json!({"name": "abc"})));
+        assert!(yes("name=ilike.AB%", json!({"name": "abc"})));
+        assert!(yes("name=like.%\\%%", json!({"name": "50% off"})));
+        assert!(!yes("name=like.%\\%%", json!({"name": "50 off"})));
+        assert!(yes("name=like.%a%b%c%", json!({"name": "xaxxbxxcx"})));
+        assert!(!yes("name=like.%a%b%c%", json!({"name": "xaxxcxxbx"})));
+        assert!(yes(r#"name=like."""#, json!({"name": ""})));
+        assert!(!yes(r#"name=like."""#, json!({"name": "a"})));
+        assert!(yes("name=ilike.ÉCOLE", json!({"name": "école"})));
+        // match / imatch: a regular expression found anywhere.
+        assert!(yes("name=match.^a.c$", json!({"name": "abc"})));
+        assert!(yes("name=match.b", json!({"name": "abc"})));
+        assert!(!yes("name=match.^B", json!({"name": "bcd"})));
+        assert!(yes("name=imatch.^B", json!({"name": "bcd"})));
+        assert!(yes(r#"name=match."^(a|b),c$""#, json!({"name": "b,c"})));
+        // SQL's unknown: a null never matches, negated or not.
+        for filter in [
+            "name=like.%",
+            "name=not.like.%",
+            "name=match.x",
+            "name=not.match.x",
+        ] {
+            assert!(!yes(filter, json!({"name": null})), "{filter}");
+        }
+        assert!(yes("name=not.like.a%", json!({"name": "bcd"})));
+        // isdistinct: null-safe, never unknown.
+        assert!(yes("n=isdistinct.1", json!({"n": 2})));
+        assert!(!yes("n=isdistinct.1", json!({"n": 1})));
+        assert!(yes("n=isdistinct.1", json!({"n": null})));
+        assert!(!yes("n=not.isdistinct.1", json!({"n": null})));
+        assert!(yes("n=not.isdistinct.1", json!({"n": 1})));
+        assert!(yes("n=isdistinct.null", json!({"n": 0})));
+        assert!(!yes("n=isdistinct.null", json!({"n": null})));
+        assert!(yes("n=not.isdistinct.null", json!({"n": null})));
+        assert!(yes(r#"tag=isdistinct."null""#, json!({"tag": "NULLS"})));
+        assert!(
+            !yes("tag=isdistinct.ABC", json!({"tag": "abc"})),
+            "citext ignores case"
+        );
+        // Conditions combine: all must hold.
+        assert!(yes(
+            "name=ilike.a*,n=gt.1,n=isdistinct.3",
+            json!({"name": "Ab", "n": 2})
+        ));
+        assert!(!yes(
+            "name=ilike.a*,n=gt.1,n=isdistinct.3",
+            json!({"name": "Ab", "n": 3})
+        ));
+        // Types: text operators need text, isdistinct's value must convert.
+        let check = |filter: &str| parse(filter).unwrap().check_types(&cols);
+        assert!(check("name=like.a%").is_ok() && check("tag=imatch.x").is_ok());
+        assert!(matches!(
+            check("n=like.1%"),
+            Err(FilterError::OperatorType { op: "like", .. })
+        ));
+        assert!(matches!(
+            check("n=match.1"),
+            Err(FilterError::OperatorType { op: "match", .. })
+        ));
+        assert!(matches!(
+            check("n=isdistinct.x"),
+            Err(FilterError::InvalidValue { .. })
+        ));
+        assert!(check("n=isdistinct.null").is_ok());
     }
 
     #[test]
