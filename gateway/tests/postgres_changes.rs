@@ -126,6 +126,10 @@ async fn bad_bindings_and_unknown_tables_are_refused() {
             "filter",
         ),
         (
+            json!([{"event": "*", "schema": "public", "table": "items", "select": ["id", "nope"]}]),
+            "select: column \"nope\" does not exist",
+        ),
+        (
             json!([{"event": "MERGE", "schema": "public", "table": "items"}]),
             "unknown event",
         ),

@@ -99,6 +99,23 @@ test('like, ilike, match, imatch, isdistinct, negated and combined filters', asy
   assert.deepEqual(ids('negated'), [3001, 3003, 3004, 3006])
 })
 
+test('select restricts the payload to the listed columns', async () => {
+  const client = supabase({ token: tokens.alice })
+  const slim = new Inbox()
+  const whole = new Inbox()
+  const channel = client
+    .channel('js-select')
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'js_items', filter: 'id=gte.4000', select: ['id', 'name'] }, slim.push)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'js_items', filter: 'id=gte.4000' }, whole.push)
+  await subscribed(channel)
+  await sql(`INSERT INTO public.js_items (id, name, price, meta) VALUES (4001, 'slim', 3, '{"big": true}')`)
+  const [selected] = await slim.count(1)
+  const [everything] = await whole.count(1)
+  assert.deepEqual(selected.new, { id: 4001, name: 'slim' })
+  assert.equal(everything.new.price, 3)
+  assert.deepEqual(everything.new.meta, { big: true })
+})
+
 test('RLS isolates two users', async () => {
   const alice = supabase({ token: tokens.alice, gateway: 0 })
   const bob = supabase({ token: tokens.bob, gateway: 1 })

@@ -443,7 +443,8 @@ pub struct Delivery {
 }
 
 /// Stage 5: a frame for each allowed candidate whose subscription has not failed, encoded once
-/// per (change, wire format, topic, ids).
+/// per (change, wire format, topic, ids). A candidate whose matching bindings `select`
+/// different columns gets one frame per selection, each naming its bindings' ids.
 pub fn encode(
     changes: &[LoggedChange],
     routed: &[Option<Routed>],
@@ -452,7 +453,8 @@ pub fn encode(
     allowed: &[bool],
     subscriptions: &[Arc<TableSubscription>],
 ) -> Vec<Delivery> {
-    let mut data: HashMap<usize, Option<Box<RawValue>>> = HashMap::new();
+    // A change's client data per selection; `None` where it could not be cut.
+    let mut data: HashMap<(usize, Selection), Option<Box<RawValue>>> = HashMap::new();
     let mut frames: HashMap<(usize, Wire, Arc<str>, Vec<u32>), OutFrame> = HashMap::new();
     let mut deliveries = Vec::new();
     for (candidate, _) in candidates.into_iter().zip(allowed).filter(|(_, a)| **a) {
@@ -462,56 +464,106 @@ pub fn encode(
         }
         let c = candidate.change;
         let subscriber = &subscription.subscriber;
-        let key = (c, subscriber.wire, subscriber.topic.clone(), candidate.ids);
-        let frame = match frames.get(&key) {
-            Some(frame) => frame.clone(),
-            None => {
-                let header = &routed[c].as_ref().expect("candidates have changes").header;
-                let data = data.entry(c).or_insert_with(|| {
-                    client_data(&changes[c].payload, header, facts.protected(header))
-                });
-                let Some(data) = data else { continue };
-                let payload = RawValue::from_string(format!(
-                    "{{\"ids\":[{}],\"data\":{}}}",
-                    key.3
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    data.get()
-                ))
-                .expect("ids and data are JSON");
-                let frame = wire::change(subscriber.wire, &subscriber.topic, &payload);
-                frames.insert(key, frame.clone());
-                frame
-            }
-        };
-        deliveries.push(Delivery {
-            subscription: candidate.subscription,
-            sequence: changes[c].sequence,
-            frame,
-        });
+        for (select, ids) in by_selection(&subscription.bindings, candidate.ids) {
+            let key = (c, subscriber.wire, subscriber.topic.clone(), ids);
+            let frame = match frames.get(&key) {
+                Some(frame) => frame.clone(),
+                None => {
+                    let header = &routed[c].as_ref().expect("candidates have changes").header;
+                    let data = data.entry((c, select)).or_insert_with(|| {
+                        client_data(&changes[c].payload, header, facts.protected(header), select)
+                    });
+                    let Some(data) = data else { continue };
+                    let frame = change_frame(subscriber.wire, &subscriber.topic, &key.3, data);
+                    frames.insert(key, frame.clone());
+                    frame
+                }
+            };
+            deliveries.push(Delivery {
+                subscription: candidate.subscription,
+                sequence: changes[c].sequence,
+                frame,
+            });
+        }
     }
     deliveries
 }
 
+/// The `postgres_changes` push `{ids, data}` for `wire`.
+fn change_frame(wire: Wire, topic: &str, ids: &[u32], data: &RawValue) -> OutFrame {
+    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let payload = RawValue::from_string(format!(
+        "{{\"ids\":[{}],\"data\":{}}}",
+        ids.join(","),
+        data.get()
+    ))
+    .expect("ids and data are JSON");
+    wire::change(wire, topic, &payload)
+}
+
+/// The columns a binding selects; `None`: the whole row.
+type Selection<'b> = Option<&'b [String]>;
+
+/// The matching binding ids grouped by the columns their bindings select, in the order the
+/// bindings come.
+fn by_selection(bindings: &[Binding], ids: Vec<u32>) -> Vec<(Selection<'_>, Vec<u32>)> {
+    let selection = |id: u32| {
+        bindings
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.select.as_deref())
+    };
+    if ids.iter().all(|id| selection(*id).is_none()) {
+        return vec![(None, ids)];
+    }
+    let mut groups: Vec<(Selection, Vec<u32>)> = Vec::new();
+    for id in ids {
+        let select = selection(id);
+        match groups.iter_mut().find(|(s, _)| *s == select) {
+            Some((_, group)) => group.push(id),
+            None => groups.push((select, vec![id])),
+        }
+    }
+    groups
+}
+
 /// The `data` realtime-js reads: the change event as the CDC built it, bytes untouched (extra
-/// fields are ignored by the client), except that a DELETE on a protected table carries only
-/// the key: that one event is parsed and reduced (`None`, and nothing sent, if it cannot be).
-fn client_data(payload: &[u8], header: &ChangeHeader, protected: bool) -> Option<Box<RawValue>> {
-    if header.operation == EventType::Delete && protected {
-        let mut event: ChangeEvent = serde_json::from_slice(payload)
-            .map_err(|e| tracing::warn!(schema = %header.schema, table = %header.table, error = %e, "a delete that cannot be reduced to its key is withheld"))
-            .ok()?;
+/// fields are ignored by the client), except where it must be cut, which parses that event:
+/// a DELETE on a protected table carries only the key, and a `select` keeps only its columns
+/// (in `columns`, `record`, `old_record`). `None`, and nothing sent, if it cannot be cut.
+fn client_data(
+    payload: &[u8],
+    header: &ChangeHeader,
+    protected: bool,
+    select: Option<&[String]>,
+) -> Option<Box<RawValue>> {
+    let key_only = header.operation == EventType::Delete && protected;
+    if !key_only && select.is_none() {
+        // The header was read from these bytes, so they are one JSON value.
+        let text = std::str::from_utf8(payload).ok()?;
+        return RawValue::from_string(text.to_string()).ok();
+    }
+    let mut event: ChangeEvent = serde_json::from_slice(payload)
+        .map_err(|e| tracing::warn!(schema = %header.schema, table = %header.table, error = %e, "a change that cannot be cut to its key or selection is withheld"))
+        .ok()?;
+    if key_only {
         let key = &event.primary_key;
         if let Some(old) = event.old_record.as_mut() {
             old.retain(|name, _| key.contains(name));
         }
-        return Some(serde_json::value::to_raw_value(&event).expect("events serialize"));
     }
-    // The header was read from these bytes, so they are one JSON value.
-    let text = std::str::from_utf8(payload).ok()?;
-    RawValue::from_string(text.to_string()).ok()
+    if let Some(select) = select {
+        let kept = |name: &String| select.contains(name);
+        event.columns.retain(|c| kept(&c.name));
+        for row in [event.record.as_mut(), event.old_record.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            row.retain(|name, _| kept(name));
+        }
+        event.unchanged_toast.retain(kept);
+    }
+    Some(serde_json::value::to_raw_value(&event).expect("events serialize"))
 }
 
 #[cfg(test)]
@@ -816,5 +868,42 @@ mod tests {
         assert_eq!(found.len(), 1);
         let deliveries = encode(&changes, &routed, &facts, found, &[true], &subscriptions);
         assert!(deliveries.is_empty());
+    }
+
+    #[test]
+    fn a_select_gets_its_own_frame_with_only_its_columns() {
+        let changes = [change(1, insert(1, "u1", false))];
+        let subscriptions = [subscription(
+            Wire::Json,
+            "t",
+            json!([
+                {"event": "INSERT", "schema": "public", "table": "todos"},
+                {"event": "*", "schema": "public", "table": "todos", "select": ["id", "done"]},
+                {"event": "INSERT", "schema": "public", "table": "todos", "select": ["done", "id"]},
+            ]),
+            identity("authenticated", "u1"),
+        )];
+        let ids: Vec<u32> = subscriptions[0].bindings.iter().map(|b| b.id).collect();
+        let facts = facts(info(false, &["authenticated"]), None);
+        let routed = routed(&changes, &facts, &subscriptions);
+        let (found, _) = candidates(&routed, &facts, &subscriptions, &roles());
+        assert_eq!(found.len(), 1);
+        let deliveries = encode(&changes, &routed, &facts, found, &[true], &subscriptions);
+        assert_eq!(deliveries.len(), 3, "three different selections");
+        let data = |i: usize| -> Value {
+            let frame: Value = serde_json::from_slice(deliveries[i].frame.bytes()).unwrap();
+            frame["payload"].clone()
+        };
+        assert_eq!(data(0)["ids"], json!([ids[0]]));
+        assert_eq!(data(0)["data"]["record"]["note"], "secret");
+        assert_eq!(data(1)["ids"], json!([ids[1]]));
+        assert_eq!(data(1)["data"]["record"], json!({"id": 1, "done": false}));
+        let columns = data(1)["data"]["columns"].clone();
+        assert_eq!(
+            columns,
+            json!([{"name": "id", "type": "int4"}, {"name": "done", "type": "bool"}])
+        );
+        assert_eq!(data(2)["ids"], json!([ids[2]]));
+        assert_eq!(data(2)["data"]["record"], json!({"id": 1, "done": false}));
     }
 }

@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 
 /// Most bindings one channel may have.
 pub const MAX_BINDINGS_PER_CHANNEL: usize = 100;
+/// Most columns one binding's `select` may list (Postgres' own limit on a table's columns).
+pub const MAX_SELECT_COLUMNS: usize = 1_600;
 
 /// Which operations a binding wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct Binding {
     /// `None` for every table of the schema (`*` or absent).
     pub table: Option<String>,
     pub filter: Option<Filter>,
+    /// `select`: the only columns its changes carry (`None`: the whole row).
+    pub select: Option<Vec<String>>,
     /// The binding as the client sent it, echoed in the join reply with `id` added.
     pub echo: Map<String, Value>,
 }
@@ -129,8 +133,9 @@ impl Binding {
                 Some(filter::parse(f).map_err(|e| format!("filter {f:?}: {e}"))?)
             }
         };
+        let select = parse_select(object.get("select"), table.is_some())?;
         let mut echo = Map::new();
-        for key in ["event", "schema", "table", "filter"] {
+        for key in ["event", "schema", "table", "filter", "select"] {
             if let Some(v) = object.get(key) {
                 echo.insert(key.to_string(), v.clone());
             }
@@ -140,6 +145,7 @@ impl Binding {
             text("schema")?.unwrap_or(""),
             text("table")?.unwrap_or(""),
             text("filter")?.unwrap_or(""),
+            &select.as_deref().unwrap_or_default().join(","),
         ]);
         Ok(Binding {
             id,
@@ -147,6 +153,7 @@ impl Binding {
             schema,
             table,
             filter,
+            select,
             echo,
         })
     }
@@ -166,6 +173,37 @@ impl Binding {
         echo.insert("id".into(), Value::from(self.id));
         Value::Object(echo)
     }
+}
+
+/// `select`: absent (or null) for the whole row, else a list of distinct column names of the
+/// binding's table.
+fn parse_select(value: Option<&Value>, has_table: bool) -> Result<Option<Vec<String>>, String> {
+    let list = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("`select` must be a list of column names".into()),
+    };
+    if !has_table {
+        return Err("`select` needs a table".into());
+    }
+    if list.is_empty() || list.len() > MAX_SELECT_COLUMNS {
+        return Err(format!(
+            "`select` must list 1 to {MAX_SELECT_COLUMNS} columns, not {}",
+            list.len()
+        ));
+    }
+    let mut columns: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        match item.as_str() {
+            Some(name) if !name.is_empty() && name.len() <= 63 * 4 => {
+                if !columns.iter().any(|c| c == name) {
+                    columns.push(name.to_string());
+                }
+            }
+            _ => return Err(format!("`select` holds {item}, which is not a column name")),
+        }
+    }
+    Ok(Some(columns))
 }
 
 /// FNV-1a over the parts, folded into 31 bits (a positive JS number).
@@ -212,6 +250,24 @@ mod tests {
     }
 
     #[test]
+    fn select_lists_columns_and_changes_the_id() {
+        let whole = json!({"event": "*", "schema": "public", "table": "todos"});
+        let mut some = whole.clone();
+        some["select"] = json!(["id", "title", "id"]);
+        let bindings = Binding::parse_all(Some(&json!([whole, some]))).unwrap();
+        assert_eq!(bindings[0].select, None);
+        assert_eq!(
+            bindings[1].select.as_deref(),
+            Some(&["id".to_string(), "title".to_string()][..])
+        );
+        assert_ne!(bindings[0].id, bindings[1].id);
+        assert_eq!(
+            bindings[1].reply_json()["select"],
+            json!(["id", "title", "id"])
+        );
+    }
+
+    #[test]
     fn bad_bindings_say_why() {
         for bad in [
             json!([{"schema": "public"}]),
@@ -222,6 +278,11 @@ mod tests {
             json!([{"event": "*", "schema": "", "table": "t"}]),
             json!([{"event": 1, "schema": "public"}]),
             json!(["x"]),
+            json!([{"event": "*", "schema": "public", "select": ["id"]}]),
+            json!([{"event": "*", "schema": "public", "table": "t", "select": []}]),
+            json!([{"event": "*", "schema": "public", "table": "t", "select": "id"}]),
+            json!([{"event": "*", "schema": "public", "table": "t", "select": ["id", 1]}]),
+            json!([{"event": "*", "schema": "public", "table": "t", "select": [""]}]),
         ] {
             assert!(Binding::parse_all(Some(&bad)).is_err(), "{bad}");
         }

@@ -335,20 +335,34 @@ impl ChangeFeeds {
             return;
         }
         let allowed = batch::authorize(&context, &candidates, &routed, &facts, subscriptions).await;
-        for delivery in batch::encode(
+        let deliveries = batch::encode(
             changes,
             &routed,
             &facts,
             candidates,
             &allowed,
             subscriptions,
-        ) {
-            self.metrics.change_deliveries.inc();
-            let subscription = &subscriptions[delivery.subscription];
+        );
+        self.metrics
+            .change_deliveries
+            .inc_by(deliveries.len() as u64);
+        // A change's frames for one subscription come together (more than one where its
+        // bindings select different columns) and are offered together.
+        let mut deliveries = deliveries.into_iter().peekable();
+        while let Some(first) = deliveries.next() {
+            let mut frames = vec![first.frame];
+            while let Some(next) = deliveries
+                .next_if(|d| (d.subscription, d.sequence) == (first.subscription, first.sequence))
+            {
+                frames.push(next.frame);
+            }
+            let subscription = &subscriptions[first.subscription];
             match mode {
-                Mode::Live => subscription.offer(delivery.sequence, delivery.frame),
+                Mode::Live => subscription.offer(first.sequence, frames),
                 Mode::Replay => {
-                    subscription.subscriber.deliver(delivery.frame);
+                    for frame in frames {
+                        subscription.subscriber.deliver(frame);
+                    }
                 }
             }
         }

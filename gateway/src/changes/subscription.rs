@@ -66,14 +66,17 @@ impl TableSubscription {
         matches!(*self.flow.lock().expect("flow lock"), Flow::Failed)
     }
 
-    /// A live change.
-    pub fn offer(&self, sequence: u64, frame: OutFrame) {
+    /// A live change: its frames (one, or one per `select` of the bindings it matches), all
+    /// delivered or none.
+    pub fn offer(&self, sequence: u64, frames: Vec<OutFrame>) {
         let mut flow = self.flow.lock().expect("flow lock");
         match &mut *flow {
-            Flow::Replaying(held) => held.push((sequence, frame)),
+            Flow::Replaying(held) => held.extend(frames.into_iter().map(|f| (sequence, f))),
             Flow::Live { last } if sequence > *last => {
                 *last = sequence;
-                self.subscriber.deliver(frame);
+                for frame in frames {
+                    self.subscriber.deliver(frame);
+                }
             }
             Flow::Live { .. } | Flow::Failed => {}
         }
@@ -90,8 +93,8 @@ impl TableSubscription {
         ) {
             let mut last = last_replayed;
             for (sequence, frame) in held {
-                if sequence > last {
-                    last = sequence;
+                if sequence > last_replayed {
+                    last = last.max(sequence);
                     self.subscriber.deliver(frame);
                 }
             }
@@ -121,4 +124,57 @@ pub fn system_error(subscriber: &Subscriber, message: &str) -> OutFrame {
         "postgres_changes",
         message,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxReceiver};
+    use crate::subscriber::Wire;
+    use bytes::Bytes;
+    use nself_realtime_shared::jwt::Claims;
+
+    fn open(replaying: bool) -> (Arc<TableSubscription>, OutboxReceiver) {
+        let (outbox, receiver) = Outbox::new(16);
+        let subscriber = Arc::new(Subscriber::new(outbox, Wire::Json, "t".into(), None));
+        subscriber.open();
+        let identity = Arc::new(Identity::new(Claims::from_map(Default::default())));
+        let subscription = TableSubscription::new(subscriber, Vec::new(), identity, replaying);
+        (subscription, receiver)
+    }
+
+    fn frame(text: &'static str) -> OutFrame {
+        OutFrame::Text(Bytes::from_static(text.as_bytes()))
+    }
+
+    fn received(receiver: &mut OutboxReceiver) -> Vec<OutFrame> {
+        std::iter::from_fn(|| receiver.try_recv()).collect()
+    }
+
+    #[test]
+    fn a_change_s_frames_go_together_and_once() {
+        let (subscription, mut receiver) = open(false);
+        subscription.offer(1, vec![frame("a"), frame("b")]);
+        subscription.offer(1, vec![frame("again")]);
+        subscription.offer(2, vec![frame("c")]);
+        assert_eq!(
+            received(&mut receiver),
+            [frame("a"), frame("b"), frame("c")]
+        );
+    }
+
+    #[test]
+    fn a_replay_hands_over_to_held_changes_without_gap_or_duplicate() {
+        let (subscription, mut receiver) = open(true);
+        subscription.offer(4, vec![frame("4, replayed too")]);
+        subscription.offer(5, vec![frame("5a"), frame("5b")]);
+        assert!(received(&mut receiver).is_empty(), "held while replaying");
+        subscription.finish_replay(4);
+        subscription.offer(5, vec![frame("5, again")]);
+        subscription.offer(6, vec![frame("6")]);
+        assert_eq!(
+            received(&mut receiver),
+            [frame("5a"), frame("5b"), frame("6")]
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The tables a channel's postgres_changes bindings name, checked at join (and again on
-//! `access_token`): each must exist and be readable under the joiner's role, and each filter
-//! must be able to match (its columns exist, its values convert to their types). Tables no
-//! publication carries are allowed, with a warning for the client: their changes never come.
+//! `access_token`): each must exist and be readable under the joiner's role, each filter must be
+//! able to match (its columns exist, its values convert to their types), and each `select`
+//! must name columns of the table. Tables no publication carries are allowed, with a warning
+//! for the client: their changes never come.
 
 use super::error::JoinError;
 use crate::auth::identity::Identity;
@@ -12,7 +13,7 @@ use nself_realtime_shared::event::Column;
 use serde_json::Value;
 
 /// For each (schema, table): whether it exists, whether the session's role may SELECT from it,
-/// whether a publication carries it, and (when `$3`, a filter is to be checked) its columns and
+/// whether a publication carries it, and (when `$3`: a filter or select to check) its columns and
 /// their types as the CDC names them in change events (a domain as its base type).
 const TABLES: &str =
     "SELECT u.s, u.t, c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT'), false),
@@ -56,7 +57,9 @@ pub async fn check(
         .await
         .map_err(|e| JoinError::Unavailable(e.to_string()))?;
     let (schemas, names): (Vec<&str>, Vec<&str>) = tables.into_iter().unzip();
-    let filtered = bindings.iter().any(|b| b.filter.is_some());
+    let filtered = bindings
+        .iter()
+        .any(|b| b.filter.is_some() || b.select.is_some());
     let rows = session::query_as(
         &mut client,
         &identity.claims,
@@ -88,23 +91,7 @@ pub async fn check(
             .zip(types)
             .map(|(name, type_name)| Column { name, type_name })
             .collect();
-        for binding in bindings
-            .iter()
-            .filter(|b| b.schema.as_deref() == Some(schema) && b.table.as_deref() == Some(table))
-        {
-            if let Some(filter) = &binding.filter {
-                filter.check_types(&columns).map_err(|e| {
-                    JoinError::Tables(format!(
-                        "invalid filter {:?} on {schema}.{table}: {e}",
-                        binding
-                            .echo
-                            .get("filter")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                    ))
-                })?;
-            }
-        }
+        check_bindings(schema, table, &columns, bindings)?;
         if !published {
             warnings.push(format!(
                 "table {schema}.{table} is not published, so no changes of it will arrive: run `nself-realtime subscribe {schema}.{table}`"
@@ -112,4 +99,42 @@ pub async fn check(
         }
     }
     Ok(warnings)
+}
+
+/// Every binding on `schema.table` (whose `columns` these are) must select columns it has and
+/// filter on what it can match.
+fn check_bindings(
+    schema: &str,
+    table: &str,
+    columns: &[Column],
+    bindings: &[Binding],
+) -> Result<(), JoinError> {
+    for binding in bindings
+        .iter()
+        .filter(|b| b.schema.as_deref() == Some(schema) && b.table.as_deref() == Some(table))
+    {
+        if let Some(missing) = binding
+            .select
+            .iter()
+            .flatten()
+            .find(|name| !columns.iter().any(|c| c.name == **name))
+        {
+            return Err(JoinError::Tables(format!(
+                "select: column {missing:?} does not exist in {schema}.{table}"
+            )));
+        }
+        if let Some(filter) = &binding.filter {
+            filter.check_types(columns).map_err(|e| {
+                JoinError::Tables(format!(
+                    "invalid filter {:?} on {schema}.{table}: {e}",
+                    binding
+                        .echo
+                        .get("filter")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
