@@ -16,7 +16,7 @@
 //! streamed by another process makes this one a hot standby that retries every
 //! [`STANDBY_RETRY`].
 
-pub use crate::bus::{BusConfig, CdcBus};
+use crate::bus::{BusConfig, CdcBus};
 use crate::health::{self, HealthState, Role};
 use crate::metrics::CdcMetrics;
 use crate::pipeline::{self, Session, SessionError};

@@ -9,7 +9,8 @@
 //! LSN lags what the log holds) puts any event in the log twice.
 
 use futures::StreamExt;
-use nself_realtime_cdc::service::{self, BusConfig, CdcConfig, StartError};
+use nself_realtime_cdc::bus::BusConfig;
+use nself_realtime_cdc::service::{self, CdcConfig, StartError};
 use nself_realtime_cdc::{migrations, publications};
 use nself_realtime_shared::bus::{Broker, ChangeLog, MemoryBroker, MemoryChangeLog, StartAt};
 use nself_realtime_shared::event::{ChangeEvent, EventType};

@@ -3,7 +3,8 @@
 
 use crate::exit::CliError;
 use anyhow::anyhow;
-use nself_realtime_cdc::service::{self, BusConfig, CdcConfig};
+use nself_realtime_cdc::bus::BusConfig;
+use nself_realtime_cdc::service::{self, CdcConfig};
 use nself_realtime_shared::config;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -14,7 +14,8 @@ use super::gateway::{bind, nats_backends, shutdown_signal, start_failure, Gatewa
 use super::token::{kept_secret, mint};
 use crate::exit::CliError;
 use anyhow::{anyhow, Context};
-use nself_realtime_cdc::service::{self as cdc_service, BusConfig, CdcConfig, StartError};
+use nself_realtime_cdc::bus::BusConfig;
+use nself_realtime_cdc::service::{self as cdc_service, CdcConfig, StartError};
 use nself_realtime_cdc::subscriptions::{self, Target};
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_local_postgres::LocalPostgres;

@@ -18,7 +18,7 @@
 use super::batch::{self, StageContext};
 use super::owner_index::OwnerIndexes;
 use super::rls::TableCatalog;
-pub use super::subscription::TableSubscription;
+use super::subscription::TableSubscription;
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::db::Pool;

@@ -8,7 +8,7 @@
 //! expression failed, stay *undecided* for the general path (one visibility query per table
 //! and claims). An index serves the exact set of subscriptions it was built from (the feed's
 //! snapshot) while no subscription has changed identity (the feeds' identity epoch), for at
-//! most [`OWNER_INDEX_TTL`], so refreshed values are picked up: checking that costs the same
+//! most `OWNER_INDEX_TTL` (1 s), so refreshed values are picked up: checking that costs the same
 //! for ten subscriptions or ten thousand.
 
 use super::owner_rule::{self, OwnerRule};
