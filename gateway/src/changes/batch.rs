@@ -119,18 +119,27 @@ impl Facts {
         headers: Vec<Option<ChangeHeader<'a>>>,
         filtered: &ColumnNames,
     ) -> Vec<Option<Routed<'a>>> {
+        // What routing reads of each table's rows, gathered once per table of the batch.
+        let wanted: Vec<ColumnNames> = self
+            .tables
+            .iter()
+            .map(|table| {
+                let mut wanted = filtered.clone();
+                if let Some(info) = &table.info {
+                    wanted.extend(info.key.iter().map(|(name, _)| name.as_str()));
+                }
+                if let Some(index) = &table.owners {
+                    wanted.extend(index.columns());
+                }
+                wanted
+            })
+            .collect();
         headers
             .into_iter()
             .map(|header| {
                 let header = header?;
-                let mut wanted = filtered.clone();
-                if let Some(info) = self.info(&header) {
-                    wanted.extend(info.key.iter().map(|(name, _)| name.as_str()));
-                }
-                if let Some(index) = self.owner_index(&header) {
-                    wanted.extend(index.columns());
-                }
-                let row = header.routing_row(&wanted);
+                let wanted = self.position(&header).map_or(filtered, |p| &wanted[p]);
+                let row = header.routing_row(wanted);
                 let columns = header.columns(filtered);
                 Some(Routed {
                     header,
