@@ -136,7 +136,10 @@ fn the_check_finds_a_cycle() {
         graph.add_module(module.iter().map(|s| s.to_string()).collect());
     }
     graph.add_source(&["a".into()], "use crate::b::Thing;");
-    graph.add_source(&["b".into()], "fn f() { crate::a::go() }");
+    graph.add_source(
+        &["b".into()],
+        "fn f() { let _ = ('\\'', '\\n'); crate::a::go() }",
+    );
     // `e` is imported by name and used through it; `a` is imported but nothing imports `c`
     // back from there.
     graph.add_source(&["c".into()], "use crate::{d::{e}, a};\nfn f() { e::g() }");
@@ -515,7 +518,8 @@ fn raw_string_start(text: &str) -> Option<usize> {
 fn char_literal_len(text: &str) -> Option<usize> {
     let body = &text[1..];
     let len = if body.starts_with('\\') {
-        body.find('\'')?
+        // The escaped character may itself be a quote: `'\''`.
+        body.get(2..)?.find('\'')? + 2
     } else {
         body.chars().next()?.len_utf8()
     };
