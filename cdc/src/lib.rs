@@ -10,6 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod migrations;
 pub mod notify;
+pub mod partitions;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod publications;

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_messages",
         sql: include_str!("../../migrations/0003_messages.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_database_broadcast",
+        sql: include_str!("../../migrations/0004_database_broadcast.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("nselfrt" as bytes).

@@ -86,32 +86,41 @@ pub fn all(base: &str) -> Vec<Publication> {
         .collect()
 }
 
-/// Creates whichever of the fifteen publications are missing (tables are added by `SUBSCRIBE`).
-/// `base` must be a plain identifier (checked by `config::plain_identifier`), so names need no
-/// quoting.
+/// Creates whichever of the fifteen publications are missing (tables are added by `SUBSCRIBE`),
+/// each publishing a partitioned table's changes as its root's (`publish_via_partition_root`):
+/// `realtime.messages` is partitioned by day, and its subscribers follow
+/// `realtime.db.realtime.messages.*` whatever the partition. Publications an older version
+/// created without that option get it. `base` must be a plain identifier (checked by
+/// `config::plain_identifier`), so names need no quoting.
 pub async fn ensure_exist(
     client: &tokio_postgres::Client,
     base: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let wanted = all(base);
     let names: Vec<&str> = wanted.iter().map(|p| p.name.as_str()).collect();
-    let existing: Vec<String> = client
+    let existing: Vec<(String, bool)> = client
         .query(
-            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",
+            "SELECT pubname::text, pubviaroot FROM pg_publication WHERE pubname = ANY($1)",
             &[&names],
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
-    for publication in wanted.iter().filter(|p| !existing.contains(&p.name)) {
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} WITH (publish = '{}')",
+    for publication in &wanted {
+        let statement = match existing.iter().find(|(name, _)| *name == publication.name) {
+            None => format!(
+                "CREATE PUBLICATION {} WITH (publish = '{}', publish_via_partition_root = true)",
                 publication.name,
                 publication.publish_option()
-            ))
-            .await?;
+            ),
+            Some((_, false)) => format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                publication.name
+            ),
+            Some((_, true)) => continue,
+        };
+        client.batch_execute(&statement).await?;
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::health::{self, HealthState, Role};
 use crate::metrics::CdcMetrics;
 use crate::pipeline::{self, Session, SessionError};
 use crate::postgres_error::describe;
-use crate::{notify, publications, wire};
+use crate::{notify, partitions, publications, wire};
 use nself_realtime_shared::bus::StreamSettings;
 use nself_realtime_shared::postgres_tls::Database;
 use std::future::Future;
@@ -46,6 +46,9 @@ pub struct CdcConfig {
     /// JetStream retention of change events (`REALTIME_MESSAGE_TTL`). NATS only: the in-process
     /// log's retention is the one it was created with.
     pub message_ttl: Duration,
+    /// How long `realtime.messages` keeps its rows (`REALTIME_MESSAGE_RETENTION`): day partitions
+    /// older than this are dropped.
+    pub message_retention: Duration,
     pub notify_channels: Vec<String>,
     pub wire_addr: SocketAddr,
     pub wire_password: Option<String>,
@@ -203,6 +206,11 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         metrics.clone(),
         health.watch_role(),
     ));
+    let partitions_task = tokio::spawn(partitions::run(
+        config.database.clone(),
+        config.message_retention,
+        health.watch_role(),
+    ));
     let in_process = matches!(bus, CdcBus::InProcess { .. });
     tracing::info!(http = %config.http_addr, wire = %config.wire_addr, slot = %config.slot, in_process, "CDC started");
 
@@ -226,6 +234,8 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
     let _ = stop_tx.send(true);
     notify_task.abort();
     let _ = notify_task.await;
+    partitions_task.abort();
+    let _ = partitions_task.await;
     let _ = http_task.await;
     let _ = wire_task.await;
     bus.flush().await;

@@ -53,6 +53,7 @@ impl Running {
             slot: db.slot.clone(),
             publication: db.publication.clone(),
             message_ttl: Duration::from_secs(3600),
+            message_retention: Duration::from_secs(30 * 86_400),
             notify_channels: notify_channels.iter().map(|c| c.to_string()).collect(),
             wire_addr: SocketAddr::new(localhost, wire_port),
             wire_password: None,

@@ -16,6 +16,9 @@ pub const DEFAULT_CDC_PORT: u16 = 5433;
 pub const DEFAULT_CDC_HTTP_PORT: u16 = 4001;
 /// Default JetStream retention in seconds (`REALTIME_MESSAGE_TTL`).
 pub const DEFAULT_MESSAGE_TTL_SECS: u64 = 86_400;
+/// `REALTIME_MESSAGE_RETENTION`: how long `realtime.messages` keeps its rows (30 days, the seeds'
+/// `cleanup` default for messages).
+pub const DEFAULT_MESSAGE_RETENTION_SECS: u64 = 30 * 86_400;
 /// Name of the JetStream stream holding table changes.
 pub const DB_STREAM: &str = "REALTIME_DB";
 /// JetStream's duplicate window for the change stream: how long a re-published event id is

@@ -21,6 +21,10 @@ pub struct StreamArgs {
     /// Retention of table changes, in seconds (the replay window).
     #[arg(long, env = "REALTIME_MESSAGE_TTL", default_value_t = config::DEFAULT_MESSAGE_TTL_SECS.to_string())]
     message_ttl: String,
+    /// How long realtime.messages keeps chat messages and database broadcasts, in seconds (its
+    /// day partitions older than this are dropped).
+    #[arg(long, env = "REALTIME_MESSAGE_RETENTION", default_value_t = config::DEFAULT_MESSAGE_RETENTION_SECS.to_string())]
+    message_retention: String,
     /// NOTIFY channels to bridge to realtime.notify.<channel> (comma list).
     #[arg(long, env = "REALTIME_NOTIFY_CHANNELS", default_value = "")]
     notify_channels: String,
@@ -31,6 +35,7 @@ pub struct Stream {
     pub slot: String,
     pub publication: String,
     pub message_ttl: Duration,
+    pub message_retention: Duration,
     pub notify_channels: Vec<String>,
 }
 
@@ -44,6 +49,11 @@ impl StreamArgs {
                 .map_err(usage)?,
             message_ttl: config::seconds("REALTIME_MESSAGE_TTL", &self.message_ttl)
                 .map_err(usage)?,
+            message_retention: config::seconds(
+                "REALTIME_MESSAGE_RETENTION",
+                &self.message_retention,
+            )
+            .map_err(usage)?,
             notify_channels: config::comma_list(&self.notify_channels),
         })
     }
@@ -109,6 +119,7 @@ impl Args {
             slot: stream.slot,
             publication: stream.publication,
             message_ttl: stream.message_ttl,
+            message_retention: stream.message_retention,
             notify_channels: stream.notify_channels,
             wire_addr: SocketAddr::new(self.cdc_host, self.cdc_port),
             wire_password: self.cdc_password,

@@ -99,6 +99,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
         slot,
         publication,
         message_ttl,
+        message_retention,
         notify_channels,
     } = args.stream.validate()?;
 
@@ -162,6 +163,7 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
         slot,
         publication,
         message_ttl,
+        message_retention,
         notify_channels,
         wire_addr: SocketAddr::new(loopback, args.cdc_port),
         wire_password: None,
