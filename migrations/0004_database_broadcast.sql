@@ -105,6 +105,7 @@ BEGIN
 END
 $$;
 
+ALTER TABLE realtime.messages REPLICA IDENTITY FULL;
 ALTER TABLE realtime.messages_default REPLICA IDENTITY FULL;
 
 -- Keeps the day partitions: today (UTC) and `days_ahead` days after it exist; partitions of
@@ -472,12 +473,21 @@ GRANT EXECUTE ON FUNCTION
     realtime.delete_message(uuid)
 TO authenticated, service_role;
 
--- Messages sent before the retention window go: whole day partitions, and old rows of the
--- default partition (a cleanup by row for chat history older than the days partitioned).
+-- Messages sent before the retention window go: whole day partitions and old rows of the
+-- default partition (realtime.maintain_messages_partitions, which the CDC also runs), then chat
+-- messages whose sent_at is that old wherever they are (imported history). Returns how many.
 CREATE OR REPLACE FUNCTION realtime.cleanup_old_messages(p_retention interval DEFAULT '30 days')
 RETURNS integer
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
-    SELECT realtime.maintain_messages_partitions(p_retention, 3)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    dropped integer := realtime.maintain_messages_partitions(p_retention, 3);
+    deleted integer;
+BEGIN
+    DELETE FROM realtime.messages
+     WHERE channel_id IS NOT NULL AND sent_at < now() - p_retention;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN dropped + deleted;
+END
 $$;
 
 CREATE OR REPLACE VIEW realtime.channel_stats WITH (security_invoker = true) AS

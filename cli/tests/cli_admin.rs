@@ -307,7 +307,7 @@ async fn channel_commands_print_the_seed_shapes() {
             "public",
             "--slug",
             "room:42",
-            "--persist",
+            "--ephemeral",
             "--metadata",
             r#"{"topic":"releases"}"#,
         ])
@@ -321,7 +321,7 @@ async fn channel_commands_print_the_seed_shapes() {
         "name": "Releases",
         "type": "public",
         "max_members": null,
-        "persist_messages": true,
+        "persist_messages": false,
         "metadata": {"topic": "releases"},
         "members": 0,
         "messages_24h": 0,

@@ -12,6 +12,7 @@
 //! payloads ([`NotifyFeed`]) and typing signals ([`crate::typing`] builds its rooms on these).
 //! [`crate::wire`] encodes each kind per protocol.
 
+use crate::auth::channel_access::room_label;
 use crate::envelope::{BroadcastPayload, Envelope, EnvelopeError, Kind};
 use crate::outbox::{ConnId, OutFrame};
 use crate::subscriber::{Subscriber, Wire};
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use nself_realtime_shared::bus::{Broker, BusError};
 use nself_realtime_shared::subject::{self, SubjectError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::OnceCell;
 
@@ -73,6 +74,69 @@ struct Member {
     subscriber: Arc<Subscriber>,
     /// Receives its own broadcasts (`config.broadcast.self`).
     receive_own: bool,
+    /// The member joined with a broadcast replay (`config.broadcast.replay`).
+    replay: Option<Arc<Replay>>,
+}
+
+/// The database broadcasts a member replays at its join, and the live ones around them: while
+/// the replay is read, database broadcasts arriving live are held; once it is delivered, the
+/// held ones follow, and any broadcast the replay carried is dropped when it arrives live (the
+/// replay read it from the table before this gateway relayed it). So the member sees the
+/// replay, then the live feed, with no gap and no duplicate.
+#[derive(Default)]
+pub struct Replay {
+    state: Mutex<ReplayState>,
+}
+
+enum ReplayState {
+    Reading(Vec<(String, OutFrame)>),
+    Done(HashSet<String>),
+}
+
+impl Default for ReplayState {
+    fn default() -> ReplayState {
+        ReplayState::Reading(Vec::new())
+    }
+}
+
+impl Replay {
+    pub fn new() -> Arc<Replay> {
+        Arc::new(Replay::default())
+    }
+
+    /// Delivers the replayed broadcasts (`envelopes`, oldest first, each with its id) to
+    /// `subscriber`, then the live ones held meanwhile.
+    pub fn finish(&self, subscriber: &Subscriber, envelopes: &[(String, Envelope)]) {
+        let mut state = self.state.lock().expect("replay lock");
+        let replayed: HashSet<String> = envelopes.iter().map(|(id, _)| id.clone()).collect();
+        for (_, envelope) in envelopes {
+            if let Some(frame) = wire::envelope(subscriber.wire, &subscriber.topic, envelope) {
+                subscriber.deliver(frame);
+            }
+        }
+        let held = match std::mem::replace(&mut *state, ReplayState::Done(HashSet::new())) {
+            ReplayState::Reading(held) => held,
+            ReplayState::Done(_) => Vec::new(),
+        };
+        for (id, frame) in held {
+            if !replayed.contains(&id) {
+                subscriber.deliver(frame);
+            }
+        }
+        *state = ReplayState::Done(replayed);
+    }
+
+    /// A live database broadcast `id` for `subscriber`: held, dropped or delivered.
+    fn offer(&self, subscriber: &Subscriber, id: &str, frame: OutFrame) {
+        let mut state = self.state.lock().expect("replay lock");
+        match &mut *state {
+            ReplayState::Reading(held) => held.push((id.to_string(), frame)),
+            ReplayState::Done(replayed) if replayed.contains(id) => {}
+            ReplayState::Done(_) => {
+                subscriber.deliver(frame);
+            }
+        }
+    }
 }
 
 /// The local subscribers of one topic and the broker subscription feeding them.
@@ -126,6 +190,7 @@ impl Broadcasts {
         topic: &str,
         subscriber: Arc<Subscriber>,
         receive_own: bool,
+        replay: Option<Arc<Replay>>,
     ) -> Result<Membership, BusError> {
         let key = member_key(&subscriber);
         let room = {
@@ -146,6 +211,7 @@ impl Broadcasts {
                 Member {
                     subscriber,
                     receive_own,
+                    replay,
                 },
             );
             room
@@ -239,7 +305,7 @@ impl Broadcasts {
                 by_connection
                     .entry(member.subscriber.conn_id())
                     .or_default()
-                    .insert(topic.clone());
+                    .insert(room_label(topic));
             }
         }
         by_connection
@@ -250,7 +316,8 @@ impl Broadcasts {
         self.rooms.lock().expect("rooms lock").len()
     }
 
-    /// The topics with local subscribers and how many subscribers each has.
+    /// The topics with local subscribers and how many subscribers each has (a private room as
+    /// `private:<topic>`).
     pub fn topics(&self) -> Vec<(String, usize)> {
         self.rooms
             .lock()
@@ -258,7 +325,7 @@ impl Broadcasts {
             .iter()
             .map(|(topic, room)| {
                 (
-                    topic.clone(),
+                    room_label(topic),
                     room.members.read().expect("members lock").len(),
                 )
             })
@@ -298,6 +365,11 @@ impl<'a> FrameCache<'a> {
 
 fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
     let mut frames = FrameCache::new(envelope);
+    // A database broadcast (no sender) carries its row id in meta; a replaying member checks it.
+    let database_id = match (&envelope.from, &envelope.meta) {
+        (None, Some(meta)) => meta.get("id").and_then(serde_json::Value::as_str),
+        _ => None,
+    };
     let members = room.members.read().expect("members lock");
     for member in members.values() {
         let own = envelope.from.is_some_and(|from| {
@@ -306,8 +378,14 @@ fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
         if own && !member.receive_own {
             continue;
         }
-        if let Some(frame) = frames.get(member.subscriber.wire, &member.subscriber.topic) {
-            member.subscriber.deliver(frame);
+        let Some(frame) = frames.get(member.subscriber.wire, &member.subscriber.topic) else {
+            continue;
+        };
+        match (&member.replay, database_id) {
+            (Some(replay), Some(id)) => replay.offer(&member.subscriber, id, frame),
+            _ => {
+                member.subscriber.deliver(frame);
+            }
         }
     }
 }

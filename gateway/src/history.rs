@@ -13,12 +13,10 @@
 
 use crate::auth::session::{self, QueryAsError};
 use crate::http_auth::{authenticate, refusal, Refusal};
-use crate::messages::stored_message;
 use crate::state::Gateway;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use nself_realtime_shared::event::Row;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -82,8 +80,8 @@ pub async fn messages(
         &identity.claims,
         &gateway.roles,
         "SELECT c.id IS NOT NULL,
-                (SELECT coalesce(json_agg(row_to_json(m)), '[]')::text FROM (
-                    SELECT m.* FROM realtime.messages m
+                (SELECT coalesce(json_agg(m.payload), '[]')::text FROM (
+                    SELECT m.payload FROM realtime.messages m
                     WHERE m.channel_id = c.id AND m.deleted_at IS NULL
                       AND ($2::text IS NULL OR m.sent_at < $2::text::timestamptz)
                       AND ($3::text IS NULL OR m.sent_at >= $3::text::timestamptz)
@@ -119,7 +117,8 @@ pub async fn messages(
         ));
     }
     let text: Option<String> = row.get(1);
-    let mut stored: Vec<Row> =
+    // Each message as clients see it: the row's payload, which its trigger keeps.
+    let mut stored: Vec<Value> =
         serde_json::from_str(text.as_deref().unwrap_or("[]")).map_err(|e| {
             refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -130,13 +129,9 @@ pub async fn messages(
     stored.truncate(limit as usize);
     // Newest first from the query; oldest first for the client.
     stored.reverse();
-    let messages: Vec<Value> = stored
-        .iter()
-        .map(|row| stored_message(&channel, row))
-        .collect();
     Ok(Json(json!({
         "channel": channel,
-        "messages": messages,
+        "messages": stored,
         "has_more": has_more,
     })))
 }

@@ -17,6 +17,7 @@ pub mod changes;
 pub mod channels;
 pub mod config;
 pub mod control;
+pub mod database_broadcasts;
 pub mod db;
 pub mod envelope;
 pub mod event_log;

@@ -376,7 +376,8 @@ impl Presences {
             .into_iter()
             .filter_map(|stored| {
                 let (token, member) = stored.key.split_once('.')?;
-                let channel = nself_realtime_shared::subject::kv_untoken(token).ok()?;
+                let room = nself_realtime_shared::subject::kv_untoken(token).ok()?;
+                let channel = crate::auth::channel_access::room_label(&room);
                 let entry: Entry = serde_json::from_slice(&stored.value).ok()?;
                 let age = stored.written_at.map(|at| now - at);
                 if age.is_some_and(|age| age > timeout) {

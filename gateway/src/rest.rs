@@ -44,15 +44,16 @@ pub struct OneParams {
     private: Option<String>,
 }
 
-/// Whether `identity` may send to `topic`.
+/// Whether `identity` may send to `topic` (privately: as a private channel's subscriber would,
+/// by the channel rules or the messages policies); the room the broadcast goes to.
 async fn may_send(
     gateway: &Gateway,
     identity: &Identity,
     topic: &str,
     private: bool,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     if identity.claims.role() == Some("service_role") {
-        return Ok(());
+        return Ok(channel_access::room_name(topic, private));
     }
     let mut client = gateway.pool.get().await.map_err(|e| {
         refusal(
@@ -71,7 +72,7 @@ async fn may_send(
     .await
     .map_err(|e| refusal(StatusCode::FORBIDDEN, e.to_string()))?;
     if access.allowed && access.can_send {
-        Ok(())
+        Ok(channel_access::room_name(topic, access.private))
     } else {
         Err(refusal(
             StatusCode::FORBIDDEN,
@@ -107,11 +108,11 @@ fn valid_name(what: &str, name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn publish(gateway: &Gateway, topic: &str, envelope: &Envelope) -> Result<(), Refusal> {
+async fn publish(gateway: &Gateway, room: &str, envelope: &Envelope) -> Result<(), Refusal> {
     gateway
         .channels
         .broadcasts
-        .publish(topic, envelope)
+        .publish(room, envelope)
         .await
         .map_err(|e| {
             refusal(
@@ -150,12 +151,13 @@ pub async fn broadcast_batch(
             format!("at most {MAX_MESSAGES} messages per request"),
         ));
     }
+    let mut rooms = Vec::with_capacity(batch.messages.len());
     for message in &batch.messages {
         valid_name("topic", &message.topic)?;
         valid_name("event", &message.event)?;
-        may_send(&gateway, &identity, &message.topic, message.private).await?;
+        rooms.push(may_send(&gateway, &identity, &message.topic, message.private).await?);
     }
-    for message in batch.messages {
+    for (message, room) in batch.messages.into_iter().zip(rooms) {
         let envelope = Envelope {
             kind: Kind::User,
             from: None,
@@ -167,7 +169,7 @@ pub async fn broadcast_batch(
             ),
             meta: None,
         };
-        publish(&gateway, &message.topic, &envelope).await?;
+        publish(&gateway, &room, &envelope).await?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
@@ -190,7 +192,7 @@ pub async fn broadcast_one(
         ));
     }
     let private = params.private.as_deref() == Some("true");
-    may_send(&gateway, &identity, &topic, private).await?;
+    let room = may_send(&gateway, &identity, &topic, private).await?;
     let binary = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -214,6 +216,6 @@ pub async fn broadcast_one(
         payload,
         meta: None,
     };
-    publish(&gateway, &topic, &envelope).await?;
+    publish(&gateway, &room, &envelope).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }

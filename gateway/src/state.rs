@@ -8,6 +8,7 @@ use crate::broadcast::{BroadcastFeed, Broadcasts, NotifyFeed};
 use crate::changes::feed::ChangeFeeds;
 use crate::channels::ChannelService;
 use crate::config::GatewayConfig;
+use crate::database_broadcasts::DatabaseBroadcasts;
 use crate::db::Pool;
 use crate::event_log::EventLog;
 use crate::messages::Messages;
@@ -101,11 +102,11 @@ impl Gateway {
                 Arc::new(NotifyFeed),
             )),
             typing: crate::typing::rooms(backends.broker.clone(), id, config.nself.typing_timeout),
-            messages: Messages::new(
+            messages: Messages::new(broadcasts.clone(), pool.clone(), roles.clone()),
+            database_broadcasts: DatabaseBroadcasts::new(
                 backends.changes.clone(),
                 broadcasts.clone(),
                 pool.clone(),
-                roles.clone(),
                 metrics.clone(),
             ),
             broadcasts,

@@ -82,9 +82,11 @@ fn sorted(users: &HashMap<String, Instant>) -> Vec<String> {
     list
 }
 
-/// The `typing:event {roomName, threadId, users}` of a room.
+/// The `typing:event {roomName, threadId, users}` of a room (`roomName` is its topic, whether
+/// the room is the topic's public or private one).
 pub fn envelope(room: &str, thread: Option<&str>, users: &[String]) -> Envelope {
-    let payload = serde_json::json!({ "roomName": room, "threadId": thread, "users": users });
+    let (topic, _) = crate::auth::channel_access::room_topic(room);
+    let payload = serde_json::json!({ "roomName": topic, "threadId": thread, "users": users });
     Envelope {
         from: None,
         kind: Kind::Typing,

@@ -73,6 +73,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
         "typing",
         "presence",
         "messages",
+        "database_broadcasts",
         "changes::feed",
         "event_log",
         "registry",

@@ -301,7 +301,7 @@ async fn an_access_token_that_loses_access_closes_the_channel() {
         system.payload["message"]
             .as_str()
             .unwrap()
-            .contains("permission to join"),
+            .contains("You do not have permissions to read from this Channel topic: team"),
         "{system:?}"
     );
     // The witness gets the row; by then the closed channel would have had it too.

@@ -65,8 +65,12 @@ struct CreateArgs {
     /// Most members the channel may have.
     #[arg(long)]
     max_members: Option<String>,
-    /// Mark the channel's messages as persisted (persist_messages = true).
-    #[arg(long)]
+    /// Do not store the channel's chat messages: they reach its subscribers and are gone
+    /// (persist_messages = false). By default messages are stored, as the seeds say.
+    #[arg(long, conflicts_with = "persist")]
+    ephemeral: bool,
+    /// Store the channel's chat messages (the default; kept for older scripts).
+    #[arg(long, hide = true)]
     persist: bool,
     /// Custom metadata: a JSON object.
     #[arg(long)]
@@ -349,7 +353,7 @@ async fn create(args: CreateArgs, json: bool) -> Result<(), CliError> {
                 &slug,
                 &kind,
                 &max_members,
-                &args.persist,
+                &!args.ephemeral,
                 &metadata.to_string(),
             ],
         )
@@ -457,8 +461,9 @@ async fn get(args: ChannelArgs, json: bool) -> Result<(), CliError> {
     }
     println!("Created: {}", channel.created);
     println!("Messages (24h): {}", thousands(messages_24h));
-    if channel.persist_messages {
-        println!("Persist messages: yes");
+    // Messages persist by default (seed 002's shape has no line for it); an opt-out shows.
+    if !channel.persist_messages {
+        println!("Persist messages: no (ephemeral)");
     }
     if channel.metadata.as_object().is_some_and(|m| !m.is_empty()) {
         println!("Metadata: {}", channel.metadata);

@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 /// The statement that takes on the claims (see the module docs).
-const TAKE_ON_CLAIMS: &str = "SELECT set_config('role', $1, true),
+pub const TAKE_ON_CLAIMS: &str = "SELECT set_config('role', $1, true),
         set_config('request.jwt.claims', $2, true),
         set_config('request.jwt.claim.sub', $3, true),
         set_config('request.jwt.claim.role', $1, true),
@@ -128,6 +128,58 @@ pub async fn write_as(
     run_as(connection, claims, roles, sql, params, "COMMIT").await
 }
 
+/// The values [`TAKE_ON_CLAIMS`] sets for some claims, as its bind parameters.
+pub struct ClaimSettings {
+    role: String,
+    claims_json: String,
+    sub: String,
+    hasura_json: String,
+    user_id: String,
+}
+
+impl ClaimSettings {
+    /// The settings of `claims`, if their role is allowed.
+    pub fn new(claims: &Claims, roles: &AllowedRoles) -> Result<ClaimSettings, SessionError> {
+        let role = role_of(claims, roles)?.to_string();
+        let hasura = claims.hasura_user();
+        let user_id = hasura
+            .get("x-hasura-user-id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        Ok(ClaimSettings {
+            role,
+            claims_json: claims.to_json().to_string(),
+            sub: claims.sub().unwrap_or("").to_string(),
+            hasura_json: serde_json::Value::Object(hasura).to_string(),
+            user_id,
+        })
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The bind parameters of [`TAKE_ON_CLAIMS`].
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.role,
+            &self.claims_json,
+            &self.sub,
+            &self.hasura_json,
+            &self.user_id,
+        ]
+    }
+
+    /// The error for a failure to take these claims on.
+    pub fn failed(&self, e: &tokio_postgres::Error) -> SessionError {
+        SessionError::Postgres {
+            role: self.role.clone(),
+            reason: describe(e),
+        }
+    }
+}
+
 async fn run_as(
     connection: &mut Pooled,
     claims: &Claims,
@@ -136,7 +188,7 @@ async fn run_as(
     params: &[&(dyn ToSql + Sync)],
     end: &'static str,
 ) -> Result<Vec<Row>, QueryAsError> {
-    let role = role_of(claims, roles)?.to_string();
+    let settings = ClaimSettings::new(claims, roles)?;
     let take_on = connection
         .prepared(TAKE_ON_CLAIMS)
         .await
@@ -145,34 +197,21 @@ async fn run_as(
         .prepared(sql)
         .await
         .map_err(QueryAsError::Query)?;
-    let claims_json = claims.to_json().to_string();
-    let hasura = claims.hasura_user();
-    let user_id = hasura
-        .get("x-hasura-user-id")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    let hasura_json = serde_json::Value::Object(hasura).to_string();
-    let sub = claims.sub().unwrap_or("").to_string();
     connection.set_in_user_session(true);
-    let settings: [&(dyn ToSql + Sync); 5] = [&role, &claims_json, &sub, &hasura_json, &user_id];
     let client: &tokio_postgres::Client = connection;
+    let take_on_params = settings.params();
     // Polled together, these go out back to back and are answered in order; each extended-
     // protocol request ends in its own Sync, so a failing query does not swallow the ROLLBACK.
     let (begun, taken_on, rows, rolled_back) = tokio::join!(
         client.batch_execute("BEGIN"),
-        client.execute(&take_on, &settings),
+        client.execute(&take_on, &take_on_params),
         client.query(&query, params),
         client.batch_execute(end),
     );
-    let failed = |e: tokio_postgres::Error| SessionError::Postgres {
-        role: role.clone(),
-        reason: describe(&e),
-    };
     rolled_back.map_err(QueryAsError::Query)?;
     connection.set_in_user_session(false);
-    begun.map_err(failed)?;
-    taken_on.map_err(failed)?;
+    begun.map_err(|e| settings.failed(&e))?;
+    taken_on.map_err(|e| settings.failed(&e))?;
     rows.map_err(QueryAsError::Query)
 }
 

@@ -30,4 +30,7 @@ pub enum JoinError {
     Relay(#[from] BusError),
     #[error("cannot follow table changes: {0}")]
     Feed(BusError),
+    /// `config.broadcast.replay` cannot be served (Supabase's words).
+    #[error("UnableToReplayMessages: {0}")]
+    Replay(String),
 }

@@ -17,4 +17,4 @@ pub mod service;
 pub mod tables;
 
 pub use error::JoinError;
-pub use service::{ChannelService, JoinRequest, JoinedChannel};
+pub use service::{ChannelService, JoinRequest, JoinedChannel, ReplayRequest};

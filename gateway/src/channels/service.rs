@@ -10,15 +10,16 @@
 
 use super::error::JoinError;
 use super::tables;
-use crate::auth::channel_access::{self, ChannelAccess};
+use crate::auth::channel_access::{self, room_name, unauthorized_read, ChannelAccess};
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
-use crate::broadcast::{Broadcasts, Membership};
+use crate::broadcast::{Broadcasts, Membership, Replay};
 use crate::changes::binding::Binding;
 use crate::changes::feed::{ChangeFeeds, FeedMembership};
 use crate::changes::subscription::TableSubscription;
+use crate::database_broadcasts::DatabaseBroadcasts;
 use crate::db::Pool;
-use crate::messages::{Messages, PersistedChannel};
+use crate::messages::Messages;
 use crate::outbox::{ConnId, Outbox};
 use crate::presence::{PresenceMembership, Presences};
 use crate::subscriber::{Subscriber, Wire};
@@ -51,13 +52,27 @@ pub struct JoinRequest {
     pub postgres_changes: Vec<Binding>,
     /// Replay table changes from this point (`postgres_changes_options.since`).
     pub resume: Option<StartAt>,
+    /// Replay stored broadcasts first (`config.broadcast.replay`, private channels only).
+    pub replay: Option<ReplayRequest>,
+}
+
+/// `config.broadcast.replay`: the stored broadcasts of the topic since `since_ms` (milliseconds
+/// since the epoch), at most `limit` (1 to 25) of the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub since_ms: i64,
+    pub limit: i64,
 }
 
 /// A joined channel: its subscriber, what it was authorized as, and its place in each relay.
 pub struct JoinedChannel {
     pub subscriber: Arc<Subscriber>,
     pub channel: String,
+    /// The client asked for a private channel.
     pub private: bool,
+    /// The channel's room in the broadcast, typing and presence relays: the topic's private
+    /// room when the channel is private ([`channel_access::room_name`]).
+    pub room_name: String,
     pub identity: Arc<Identity>,
     pub access: ChannelAccess,
     /// Tracked in the channel's presence (removed when the channel closes).
@@ -70,7 +85,6 @@ pub struct JoinedChannel {
     typing: Option<Membership>,
     presence: Option<PresenceMembership>,
     feeds: Vec<(FeedMembership, Arc<TableSubscription>)>,
-    persisted: Option<PersistedChannel>,
 }
 
 impl JoinedChannel {
@@ -92,9 +106,9 @@ impl JoinedChannel {
         self.typing.is_some()
     }
 
-    /// Whether the channel persists its messages (registered with the chat relay).
+    /// Whether the channel persists its chat messages.
     pub fn is_persisted(&self) -> bool {
-        self.persisted.is_some()
+        self.access.persisted
     }
 }
 
@@ -111,6 +125,7 @@ pub struct ChannelService {
     pub typing: Arc<Broadcasts>,
     pub presences: Arc<Presences>,
     pub messages: Arc<Messages>,
+    pub database_broadcasts: Arc<DatabaseBroadcasts>,
     pub feeds: Arc<ChangeFeeds>,
 }
 
@@ -129,6 +144,22 @@ impl ChannelService {
         let access = self
             .authorize(&request.identity, &request.channel, request.private)
             .await?;
+        if request.replay.is_some() {
+            if !access.private {
+                return Err(JoinError::Replay(
+                    "Replay is not allowed for public channels".into(),
+                ));
+            }
+            if !access.receive_broadcast {
+                return Err(JoinError::Denied(Some(unauthorized_read(&request.channel))));
+            }
+        }
+        if request.track.is_some() && !access.can_track {
+            return Err(JoinError::Denied(Some(format!(
+                "Unauthorized: you may not track presence in channel {}",
+                request.channel
+            ))));
+        }
         let warnings = tables::check(
             &self.pool,
             &self.roles,
@@ -144,6 +175,7 @@ impl ChannelService {
         ));
         let mut channel = JoinedChannel {
             subscriber,
+            room_name: room_name(&request.channel, access.private),
             channel: request.channel.clone(),
             private: request.private,
             identity: request.identity.clone(),
@@ -156,7 +188,6 @@ impl ChannelService {
             typing: None,
             presence: None,
             feeds: Vec::new(),
-            persisted: None,
         };
         match self.register(&mut channel, outbox.id, request).await {
             Ok(()) => Ok(channel),
@@ -167,37 +198,48 @@ impl ChannelService {
         }
     }
 
-    /// Registers the channel's subscriber with every relay the request asks for.
+    /// Registers the channel's subscriber with every relay the request asks for (and its
+    /// rights allow), then delivers the broadcast replay it asked for.
     async fn register(
         &self,
         channel: &mut JoinedChannel,
         conn: ConnId,
         request: JoinRequest,
     ) -> Result<(), JoinError> {
-        let (name, subscriber) = (request.channel.as_str(), channel.subscriber.clone());
-        channel.room = Some(
-            self.broadcasts
-                .join(name, subscriber.clone(), request.receive_own)
-                .await?,
-        );
+        let (room, subscriber) = (channel.room_name.as_str(), channel.subscriber.clone());
+        let replay = request.replay.map(|wanted| (wanted, Replay::new()));
+        if channel.access.receive_broadcast {
+            self.database_broadcasts.follow().await?;
+            channel.room = Some(
+                self.broadcasts
+                    .join(
+                        room,
+                        subscriber.clone(),
+                        request.receive_own,
+                        replay.as_ref().map(|(_, replay)| replay.clone()),
+                    )
+                    .await?,
+            );
+        }
         if request.notifications {
             channel.notify = Some(
                 self.notifications
-                    .join(name, subscriber.clone(), true)
+                    .join(&request.channel, subscriber.clone(), true, None)
                     .await?,
             );
         }
         if request.typing {
-            channel.typing = Some(self.typing.join(name, subscriber.clone(), true).await?);
+            channel.typing = Some(
+                self.typing
+                    .join(room, subscriber.clone(), true, None)
+                    .await?,
+            );
         }
-        if let (true, Some(id)) = (channel.access.persisted, &channel.access.channel_id) {
-            channel.persisted = Some(self.messages.register(id, name).await?);
-        }
-        if request.presence {
-            channel.presence = Some(self.presences.join(name, subscriber.clone()).await?);
+        if request.presence && channel.access.receive_presence {
+            channel.presence = Some(self.presences.join(room, subscriber.clone()).await?);
         }
         if let Some((key, meta)) = request.track {
-            self.presences.track(name, conn, &key, meta).await?;
+            self.presences.track(room, conn, &key, meta).await?;
             channel.tracked = true;
         }
         for (subject, bindings) in by_subject(&request.postgres_changes)? {
@@ -213,6 +255,18 @@ impl ChannelService {
                 .await
                 .map_err(JoinError::Feed)?;
             channel.feeds.push((membership, subscription));
+        }
+        if let Some((wanted, replay)) = replay {
+            let replayed = self
+                .database_broadcasts
+                .replay(&request.channel, wanted.since_ms, wanted.limit)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(channel = %request.channel, error = %e, "broadcast replay failed");
+                    JoinError::Replay("Realtime was unable to replay messages".into())
+                })?;
+            let envelopes: Vec<_> = replayed.into_iter().map(|r| (r.id, r.envelope)).collect();
+            replay.finish(&subscriber, &envelopes);
         }
         Ok(())
     }
@@ -257,6 +311,12 @@ impl ChannelService {
         let access = self
             .authorize(&identity, &channel.channel, channel.private)
             .await?;
+        // Supabase closes a channel whose new token lost a read right it joined with.
+        let revoked = (channel.room.is_some() && !access.receive_broadcast)
+            || (channel.presence.is_some() && !access.receive_presence);
+        if revoked {
+            return Err(JoinError::Denied(Some(unauthorized_read(&channel.channel))));
+        }
         tables::check(&self.pool, &self.roles, &identity, &channel.bindings()).await?;
         for (_, subscription) in &channel.feeds {
             self.feeds.set_identity(subscription, identity.clone());
@@ -291,14 +351,11 @@ impl ChannelService {
         if let Some(typing) = &channel.typing {
             self.typing.leave(typing);
         }
-        if let Some(persisted) = &channel.persisted {
-            self.messages.unregister(persisted);
-        }
         if let Some(presence) = &channel.presence {
             self.presences.leave(presence);
         }
         if channel.tracked {
-            if let Err(e) = self.presences.untrack(&channel.channel, conn).await {
+            if let Err(e) = self.presences.untrack(&channel.room_name, conn).await {
                 tracing::warn!(channel = %channel.channel, error = %e, "could not remove presence");
             }
         }

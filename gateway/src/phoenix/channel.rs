@@ -12,7 +12,7 @@ use super::frame::{self, InFrame, Payload, Vsn};
 use crate::auth::channel_access;
 use crate::auth::identity::Identity;
 use crate::changes::binding::Binding;
-use crate::channels::{JoinError, JoinRequest, JoinedChannel};
+use crate::channels::{JoinError, JoinRequest, JoinedChannel, ReplayRequest};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::outbox::Outbox;
 use crate::rate_limit::RateLimit;
@@ -65,6 +65,10 @@ struct JoinConfig {
     bindings: Vec<Binding>,
     /// `postgres_changes_options.since`.
     resume: Option<StartAt>,
+    /// `broadcast.replay`.
+    replay: Option<ReplayRequest>,
+    /// `broadcast.replication_ready`: say when the database broadcast feed is live.
+    replication_ready: bool,
 }
 
 impl JoinConfig {
@@ -99,6 +103,8 @@ impl JoinConfig {
             }
         };
         Ok(JoinConfig {
+            replay: parse_replay(config.get("broadcast").and_then(|b| b.get("replay")))?,
+            replication_ready: flag("broadcast", "replication_ready"),
             private: config
                 .get("private")
                 .and_then(Value::as_bool)
@@ -256,6 +262,8 @@ impl Channels {
             presence_key,
             bindings,
             resume,
+            replay,
+            replication_ready,
         } = JoinConfig::parse(payload.get("config").and_then(Value::as_object))?;
 
         let response = json!({
@@ -276,6 +284,7 @@ impl Channels {
             track: None,
             postgres_changes: bindings,
             resume,
+            replay,
         };
         let channel = self
             .gateway
@@ -290,6 +299,21 @@ impl Channels {
         }
         for warning in &channel.warnings {
             self.postgres_changes_notice(frame, &slug, "warning", warning);
+        }
+        if replication_ready && self.gateway.channels.database_broadcasts.is_following() {
+            // After the replay (if any): both go through the channel's subscriber, in order.
+            channel.subscriber.deliver(frame::push(
+                self.vsn,
+                frame.join_ref.as_deref(),
+                &frame.topic,
+                "system",
+                &raw(&json!({
+                    "message": "Replication connection established",
+                    "status": "ok",
+                    "extension": "system",
+                    "channel": slug,
+                })),
+            ));
         }
         self.gateway.channels.start_replay(&channel);
         self.joined.insert(
@@ -478,7 +502,7 @@ impl Channels {
             .gateway
             .channels
             .broadcasts
-            .publish(&joined.channel.channel, &envelope)
+            .publish(&joined.channel.room_name, &envelope)
             .await;
         let ack = joined.ack;
         match published {
@@ -508,6 +532,14 @@ impl Channels {
             .get_mut(&frame.topic)
             .expect("checked by handle");
         let result = match message.get("event").and_then(Value::as_str) {
+            Some("track") if !joined.channel.access.can_track => {
+                let reason = format!(
+                    "Unauthorized: you may not track presence in channel {}",
+                    joined.channel.channel
+                );
+                self.refuse(frame, &reason);
+                return;
+            }
             Some("track") => {
                 let meta = match message.get("payload") {
                     Some(Value::Object(meta)) => meta.clone(),
@@ -521,7 +553,7 @@ impl Channels {
                 self.gateway
                     .channels
                     .presences
-                    .track(&joined.channel.channel, conn, &joined.presence_key, meta)
+                    .track(&joined.channel.room_name, conn, &joined.presence_key, meta)
                     .await
             }
             Some("untrack") => {
@@ -529,7 +561,7 @@ impl Channels {
                 self.gateway
                     .channels
                     .presences
-                    .untrack(&joined.channel.channel, conn)
+                    .untrack(&joined.channel.room_name, conn)
                     .await
             }
             _ => {
@@ -556,6 +588,24 @@ impl Channels {
         for (_, joined) in std::mem::take(&mut self.joined) {
             self.close(joined).await;
         }
+    }
+}
+
+/// `broadcast.replay: {since, limit}`: since in milliseconds since the epoch (default 0), limit
+/// 1 to 25 (default 25). Anything but an object asks for no replay, as in Supabase.
+fn parse_replay(replay: Option<&Value>) -> Result<Option<ReplayRequest>, Refusal> {
+    let Some(Value::Object(replay)) = replay else {
+        return Ok(None);
+    };
+    let number = |key: &str, default: i64| match replay.get(key) {
+        None | Some(Value::Null) => Some(default),
+        Some(value) => value.as_i64(),
+    };
+    match (number("since", 0), number("limit", 25)) {
+        (Some(since_ms), Some(limit)) => Ok(Some(ReplayRequest { since_ms, limit })),
+        _ => Err(Refusal(
+            "UnableToReplayMessages: Replay params are not valid".into(),
+        )),
     }
 }
 

@@ -342,6 +342,7 @@ impl RoomSession {
                 .then(|| (self.user_id(), self.presence_meta())),
             postgres_changes: Vec::new(),
             resume: None,
+            replay: None,
         };
         let channel = self
             .gateway
@@ -482,6 +483,7 @@ impl RoomSession {
         };
         let joined = self.joined(room)?;
         let persisted = joined.channel.is_persisted();
+        let room_name = joined.channel.room_name.clone();
         let room_type = joined
             .channel
             .access
@@ -503,7 +505,7 @@ impl RoomSession {
             self.gateway
                 .channels
                 .messages
-                .publish(from, &self.user_id(), room, &outgoing)
+                .publish(from, &self.user_id(), room, &room_name, &outgoing)
                 .await
         };
         let message = sent.map_err(|e| match e {
@@ -543,9 +545,10 @@ impl RoomSession {
         self.allow_event()?;
         self.may_send(room)?;
         let user = self.user_id();
+        let room_name = self.joined(room)?.channel.room_name.clone();
         crate::typing::signal(
             &self.gateway.channels.typing,
-            room,
+            &room_name,
             &user,
             thread.as_deref(),
             typing,
@@ -636,7 +639,12 @@ impl RoomSession {
                 self.gateway
                     .channels
                     .presences
-                    .track(name, self.outbox.id, &user, meta.clone())
+                    .track(
+                        &joined.channel.room_name,
+                        self.outbox.id,
+                        &user,
+                        meta.clone(),
+                    )
                     .await
                     .map_err(|e| server_error("presence not updated", e))?;
                 joined.channel.tracked = true;
@@ -658,6 +666,7 @@ impl RoomSession {
     ) -> Result<Reply, ApiError> {
         self.allow_event()?;
         self.may_send(room)?;
+        let room_name = self.joined(room)?.channel.room_name.clone();
         let envelope = Envelope {
             from: Some(Sender {
                 gateway: self.gateway.id,
@@ -673,7 +682,7 @@ impl RoomSession {
         self.gateway
             .channels
             .broadcasts
-            .publish(room, &envelope)
+            .publish(&room_name, &envelope)
             .await
             .map_err(|e| server_error("broadcast not sent", e))?;
         self.gateway.metrics.broadcasts_received.inc();
@@ -689,8 +698,13 @@ impl RoomSession {
         if joined.channel.has_typing() {
             let user = self.user_id();
             for thread in &joined.typing_in {
-                let stopped =
-                    crate::typing::signal(&channels.typing, room, &user, thread.as_deref(), false);
+                let stopped = crate::typing::signal(
+                    &channels.typing,
+                    &joined.channel.room_name,
+                    &user,
+                    thread.as_deref(),
+                    false,
+                );
                 if let Err(e) = stopped.await {
                     tracing::debug!(channel = room, error = %e, "could not clear typing");
                 }
