@@ -296,6 +296,41 @@ CREATE POLICY messages_service ON realtime.messages FOR ALL TO service_role
 -- Supabase Realtime's functions
 -- ---------------------------------------------------------------------------------------------
 
+-- Supabase Auth's helpers, which the policies Supabase's docs show call (`auth.uid()`): created
+-- only where the database has none (a Supabase database has its own), reading the claims the
+-- gateway sets exactly as Supabase's do.
+CREATE SCHEMA IF NOT EXISTS auth;
+GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+
+DO $$
+BEGIN
+    IF to_regprocedure('auth.uid()') IS NULL THEN
+        CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim.sub', true), ''),
+                nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+            )::uuid
+        $f$;
+    END IF;
+    IF to_regprocedure('auth.role()') IS NULL THEN
+        CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim.role', true), ''),
+                nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'
+            )::text
+        $f$;
+    END IF;
+    IF to_regprocedure('auth.jwt()') IS NULL THEN
+        CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim', true), ''),
+                nullif(current_setting('request.jwt.claims', true), '')
+            )::jsonb
+        $f$;
+    END IF;
+END
+$$;
+
 -- The topic being authorized, for policies: `realtime.topic() like 'room:%'`.
 CREATE OR REPLACE FUNCTION realtime.topic() RETURNS text
 LANGUAGE sql STABLE AS $$

@@ -78,19 +78,45 @@ struct Member {
     replay: Option<Arc<Replay>>,
 }
 
+/// Where a database broadcast sits in `realtime.messages`: its id and its `inserted_at` (as
+/// Postgres writes a timestamp, with `T`: such texts sort as their times do).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredAt<'a> {
+    pub id: &'a str,
+    pub inserted_at: &'a str,
+}
+
 /// The database broadcasts a member replays at its join, and the live ones around them: while
 /// the replay is read, database broadcasts arriving live are held; once it is delivered, the
-/// held ones follow, and any broadcast the replay carried is dropped when it arrives live (the
-/// replay read it from the table before this gateway relayed it). So the member sees the
-/// replay, then the live feed, with no gap and no duplicate.
+/// held ones follow, and a broadcast the replay already covered is dropped when it arrives live
+/// (this gateway relays it after the replay read it from the table): one the replay carried,
+/// or, when the replay was cut at its limit, one older than the oldest replayed. So the member
+/// sees the replay, then the live feed, in order, with no gap and no duplicate.
 #[derive(Default)]
 pub struct Replay {
     state: Mutex<ReplayState>,
 }
 
 enum ReplayState {
-    Reading(Vec<(String, OutFrame)>),
-    Done(HashSet<String>),
+    Reading(Vec<(String, String, OutFrame)>),
+    Done(Covered),
+}
+
+/// What a finished replay covered.
+struct Covered {
+    ids: HashSet<String>,
+    /// The oldest replayed `inserted_at` when the replay was cut at its limit.
+    cut_at: Option<String>,
+}
+
+impl Covered {
+    fn covers(&self, stored: StoredAt) -> bool {
+        self.ids.contains(stored.id)
+            || self
+                .cut_at
+                .as_deref()
+                .is_some_and(|cut| stored.inserted_at < cut)
+    }
 }
 
 impl Default for ReplayState {
@@ -99,39 +125,60 @@ impl Default for ReplayState {
     }
 }
 
+/// One replayed broadcast: where it is stored and what it becomes.
+pub struct Replayed {
+    pub id: String,
+    pub inserted_at: String,
+    pub envelope: Envelope,
+}
+
 impl Replay {
     pub fn new() -> Arc<Replay> {
         Arc::new(Replay::default())
     }
 
-    /// Delivers the replayed broadcasts (`envelopes`, oldest first, each with its id) to
-    /// `subscriber`, then the live ones held meanwhile.
-    pub fn finish(&self, subscriber: &Subscriber, envelopes: &[(String, Envelope)]) {
+    /// Delivers the replayed broadcasts (oldest first) to `subscriber`, then the live ones
+    /// held meanwhile that the replay did not cover. `cut` says the replay stopped at its limit.
+    pub fn finish(&self, subscriber: &Subscriber, replayed: &[Replayed], cut: bool) {
         let mut state = self.state.lock().expect("replay lock");
-        let replayed: HashSet<String> = envelopes.iter().map(|(id, _)| id.clone()).collect();
-        for (_, envelope) in envelopes {
-            if let Some(frame) = wire::envelope(subscriber.wire, &subscriber.topic, envelope) {
+        let covered = Covered {
+            ids: replayed.iter().map(|r| r.id.clone()).collect(),
+            cut_at: replayed
+                .first()
+                .filter(|_| cut)
+                .map(|r| r.inserted_at.clone()),
+        };
+        for replayed in replayed {
+            if let Some(frame) =
+                wire::envelope(subscriber.wire, &subscriber.topic, &replayed.envelope)
+            {
                 subscriber.deliver(frame);
             }
         }
-        let held = match std::mem::replace(&mut *state, ReplayState::Done(HashSet::new())) {
+        let held = match std::mem::replace(&mut *state, ReplayState::Reading(Vec::new())) {
             ReplayState::Reading(held) => held,
             ReplayState::Done(_) => Vec::new(),
         };
-        for (id, frame) in held {
-            if !replayed.contains(&id) {
+        for (id, inserted_at, frame) in held {
+            let stored = StoredAt {
+                id: &id,
+                inserted_at: &inserted_at,
+            };
+            if !covered.covers(stored) {
                 subscriber.deliver(frame);
             }
         }
-        *state = ReplayState::Done(replayed);
+        *state = ReplayState::Done(covered);
     }
 
-    /// A live database broadcast `id` for `subscriber`: held, dropped or delivered.
-    fn offer(&self, subscriber: &Subscriber, id: &str, frame: OutFrame) {
+    /// A live database broadcast for `subscriber`: held, dropped or delivered.
+    fn offer(&self, subscriber: &Subscriber, stored: StoredAt, frame: OutFrame) {
         let mut state = self.state.lock().expect("replay lock");
         match &mut *state {
-            ReplayState::Reading(held) => held.push((id.to_string(), frame)),
-            ReplayState::Done(replayed) if replayed.contains(id) => {}
+            ReplayState::Reading(held) => {
+                held.push((stored.id.to_string(), stored.inserted_at.to_string(), frame))
+            }
+            ReplayState::Done(covered) if covered.covers(stored) => {}
             ReplayState::Done(_) => {
                 subscriber.deliver(frame);
             }
@@ -245,7 +292,7 @@ impl Broadcasts {
             while let Some(message) = messages.next().await {
                 let Some(room) = weak.upgrade() else { break };
                 match feed.receive(&room.name, message.payload) {
-                    Ok(Some(envelope)) => fan_out(&room, &envelope, gateway),
+                    Ok(Some(envelope)) => fan_out(&room, &envelope, gateway, None),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(subject = %message.subject, error = %e, "dropping a room message")
@@ -289,11 +336,12 @@ impl Broadcasts {
     }
 
     /// Delivers `envelope` to this gateway's subscribers of `topic` only (for messages every
-    /// gateway receives on its own, such as chat messages read from the change log).
-    pub fn deliver_local(&self, topic: &str, envelope: &Envelope) {
+    /// gateway receives on its own: typing expiries, and database broadcasts read from the
+    /// change log, which say where they are `stored`).
+    pub fn deliver_local(&self, topic: &str, envelope: &Envelope, stored: Option<StoredAt>) {
         let room = self.rooms.lock().expect("rooms lock").get(topic).cloned();
         if let Some(room) = room {
-            fan_out(&room, envelope, self.gateway);
+            fan_out(&room, envelope, self.gateway, stored);
         }
     }
 
@@ -363,13 +411,8 @@ impl<'a> FrameCache<'a> {
     }
 }
 
-fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
+fn fan_out(room: &Room, envelope: &Envelope, gateway: u64, stored: Option<StoredAt>) {
     let mut frames = FrameCache::new(envelope);
-    // A database broadcast (no sender) carries its row id in meta; a replaying member checks it.
-    let database_id = match (&envelope.from, &envelope.meta) {
-        (None, Some(meta)) => meta.get("id").and_then(serde_json::Value::as_str),
-        _ => None,
-    };
     let members = room.members.read().expect("members lock");
     for member in members.values() {
         let own = envelope.from.is_some_and(|from| {
@@ -381,8 +424,8 @@ fn fan_out(room: &Room, envelope: &Envelope, gateway: u64) {
         let Some(frame) = frames.get(member.subscriber.wire, &member.subscriber.topic) else {
             continue;
         };
-        match (&member.replay, database_id) {
-            (Some(replay), Some(id)) => replay.offer(&member.subscriber, id, frame),
+        match (&member.replay, stored) {
+            (Some(replay), Some(stored)) => replay.offer(&member.subscriber, stored, frame),
             _ => {
                 member.subscriber.deliver(frame);
             }

@@ -20,7 +20,7 @@
 //! and again on every token refresh, as in Supabase.
 
 use crate::auth::channel_access::room_name;
-use crate::broadcast::Broadcasts;
+use crate::broadcast::{Broadcasts, Replayed, StoredAt};
 use crate::db::Pool;
 use crate::envelope::{BroadcastPayload, Envelope, Kind};
 use crate::metrics::Metrics;
@@ -53,6 +53,8 @@ pub struct StoredBroadcast {
     /// The room it goes to.
     pub room: String,
     pub id: String,
+    /// As Postgres writes a `timestamp`, with `T` (the CDC's form).
+    pub inserted_at: String,
     pub envelope: Envelope,
 }
 
@@ -153,24 +155,29 @@ impl DatabaseBroadcasts {
                 .message_latency
                 .observe(latency.as_seconds_f64().max(0.0));
         }
+        let at = StoredAt {
+            id: &stored.id,
+            inserted_at: &stored.inserted_at,
+        };
         self.broadcasts
-            .deliver_local(&stored.room, &stored.envelope);
+            .deliver_local(&stored.room, &stored.envelope, Some(at));
     }
 
     /// The broadcasts stored for the private `topic` at or after `since_ms` (milliseconds since
     /// the epoch), the `limit` newest of them (1 to [`MAX_REPLAY`]), oldest first, each with
-    /// `meta: {replayed: true, id}`.
+    /// `meta: {replayed: true, id}`; and whether the limit cut older ones off.
     pub async fn replay(
         &self,
         topic: &str,
         since_ms: i64,
         limit: i64,
-    ) -> Result<Vec<StoredBroadcast>, String> {
+    ) -> Result<(Vec<Replayed>, bool), String> {
         let limit = limit.clamp(1, MAX_REPLAY);
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let rows = client
             .query(
-                "SELECT id::text, event, payload::text, binary_payload, channel_id IS NOT NULL
+                "SELECT id::text, event, payload::text, binary_payload, channel_id IS NOT NULL,
+                        replace(inserted_at::text, ' ', 'T')
                    FROM realtime.messages
                   WHERE topic = $1 AND private IS TRUE AND extension = 'broadcast'
                     AND event IS NOT NULL
@@ -194,8 +201,8 @@ impl DatabaseBroadcasts {
                 (None, None) => continue,
             };
             let chat: bool = row.get(4);
-            replayed.push(StoredBroadcast {
-                room: room_name(topic, true),
+            replayed.push(Replayed {
+                inserted_at: row.get(5),
                 envelope: Envelope {
                     from: None,
                     kind: if chat { Kind::Message } else { Kind::User },
@@ -206,7 +213,8 @@ impl DatabaseBroadcasts {
                 id,
             });
         }
-        Ok(replayed)
+        let cut = rows.len() as i64 == limit;
+        Ok((replayed, cut))
     }
 }
 
@@ -243,6 +251,7 @@ pub fn from_change(event: &ChangeEvent) -> Option<StoredBroadcast> {
     let private = row.get("private").and_then(Value::as_bool).unwrap_or(false);
     Some(StoredBroadcast {
         room: room_name(topic, private),
+        inserted_at: text(row, "inserted_at").unwrap_or_default().to_string(),
         envelope: Envelope {
             from: None,
             kind: if chat { Kind::Message } else { Kind::User },

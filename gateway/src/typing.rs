@@ -156,7 +156,7 @@ pub fn rooms(broker: Arc<dyn Broker>, gateway: u64, timeout: Duration) -> Arc<Br
                 break;
             };
             for (room, thread, users) in feed.expire(Instant::now()) {
-                rooms.deliver_local(&room, &envelope(&room, thread.as_deref(), &users));
+                rooms.deliver_local(&room, &envelope(&room, thread.as_deref(), &users), None);
             }
         }
     });

@@ -15,6 +15,7 @@ export const GATEWAYS = [env('GATEWAY_A'), env('GATEWAY_B')]
 export const ANON_KEY = env('ANON_KEY')
 export const SERVICE_KEY = env('SERVICE_KEY')
 export const tokens = JSON.parse(env('TOKENS'))
+export const userIds = JSON.parse(env('USER_IDS'))
 
 const clients = []
 

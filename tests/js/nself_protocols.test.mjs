@@ -142,7 +142,7 @@ test('a persisted message is stored under RLS, delivered through the CDC, edited
   assert.equal(joined.persisted, true)
   assert.equal((await bob.request({ type: 'subscribe', channel: 'js-chat' })).payload.persisted, true)
   const sent = await alice.emitWithAck('message:send', { roomName: 'js-chat', content: 'kept', messageType: 'text', threadId: 't1' })
-  assert.equal(sent.ok, true)
+  assert.equal(sent.ok, true, JSON.stringify(sent))
   assert.equal(sent.message.persisted, true)
   const [row] = await sql(`SELECT id::text, user_id, content, thread_id FROM realtime.messages WHERE id = $1`, [sent.message.id])
   assert.deepEqual(row, { id: sent.message.id, user_id: 'alice', content: 'kept', thread_id: 't1' })

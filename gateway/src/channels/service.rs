@@ -257,7 +257,7 @@ impl ChannelService {
             channel.feeds.push((membership, subscription));
         }
         if let Some((wanted, replay)) = replay {
-            let replayed = self
+            let (replayed, cut) = self
                 .database_broadcasts
                 .replay(&request.channel, wanted.since_ms, wanted.limit)
                 .await
@@ -265,8 +265,7 @@ impl ChannelService {
                     tracing::warn!(channel = %request.channel, error = %e, "broadcast replay failed");
                     JoinError::Replay("Realtime was unable to replay messages".into())
                 })?;
-            let envelopes: Vec<_> = replayed.into_iter().map(|r| (r.id, r.envelope)).collect();
-            replay.finish(&subscriber, &envelopes);
+            replay.finish(&subscriber, &replayed, cut);
         }
         Ok(())
     }
