@@ -432,3 +432,104 @@ fn fan_out(room: &Room, envelope: &Envelope, gateway: u64, stored: Option<Stored
         }
     }
 }
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxReceiver};
+    use serde_json::json;
+
+    fn member() -> (Arc<Subscriber>, OutboxReceiver) {
+        let (outbox, receiver) = Outbox::new(64);
+        let subscriber = Arc::new(Subscriber::new(outbox, Wire::Json, "t".into(), None));
+        subscriber.open();
+        (subscriber, receiver)
+    }
+
+    fn frame(text: &str) -> OutFrame {
+        OutFrame::Text(Bytes::from(text.to_string()))
+    }
+
+    fn replayed(id: &str, inserted_at: &str) -> Replayed {
+        Replayed {
+            id: id.into(),
+            inserted_at: inserted_at.into(),
+            envelope: Envelope {
+                from: None,
+                kind: Kind::User,
+                event: "e".into(),
+                payload: BroadcastPayload::Json(Bytes::from(json!({ "id": id }).to_string())),
+                meta: Some(json!({ "replayed": true, "id": id })),
+            },
+        }
+    }
+
+    fn at<'a>(id: &'a str, inserted_at: &'a str) -> StoredAt<'a> {
+        StoredAt { id, inserted_at }
+    }
+
+    fn received(receiver: &mut OutboxReceiver) -> Vec<String> {
+        std::iter::from_fn(|| receiver.try_recv())
+            .map(|f| match f {
+                OutFrame::Text(text) => String::from_utf8_lossy(&text).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_broadcasts_wait_for_the_replay_and_what_it_covered_is_dropped() {
+        let (subscriber, mut receiver) = member();
+        let replay = Replay::new();
+        // Arriving while the replay is read: an old one past the limit, a replayed one, a new one.
+        replay.offer(
+            &subscriber,
+            at("old", "2026-12-06T10:00:00.1"),
+            frame("old"),
+        );
+        replay.offer(
+            &subscriber,
+            at("r2", "2026-12-06T10:00:02"),
+            frame("r2 live"),
+        );
+        replay.offer(&subscriber, at("n1", "2026-12-06T10:00:03"), frame("n1"));
+        assert!(
+            received(&mut receiver).is_empty(),
+            "held while the replay is read"
+        );
+        let rows = [
+            replayed("r1", "2026-12-06T10:00:01"),
+            replayed("r2", "2026-12-06T10:00:02"),
+        ];
+        replay.finish(&subscriber, &rows, true);
+        replay.offer(
+            &subscriber,
+            at("r1", "2026-12-06T10:00:01"),
+            frame("r1 live"),
+        );
+        replay.offer(&subscriber, at("n2", "2026-12-06T10:00:04"), frame("n2"));
+        let got = received(&mut receiver);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got[0].contains("\"r1\"") && got[1].contains("\"r2\""),
+            "{got:?}"
+        );
+        assert_eq!(&got[2..], ["n1", "n2"]);
+    }
+
+    #[test]
+    fn a_replay_that_was_not_cut_keeps_older_live_broadcasts() {
+        let (subscriber, mut receiver) = member();
+        let replay = Replay::new();
+        replay.finish(&subscriber, &[replayed("r1", "2026-12-06T10:00:05")], false);
+        replay.offer(
+            &subscriber,
+            at("late", "2026-12-06T10:00:01"),
+            frame("late"),
+        );
+        assert_eq!(
+            received(&mut receiver).last().map(String::as_str),
+            Some("late")
+        );
+    }
+}
