@@ -194,6 +194,11 @@ test('replay: the newest stored broadcasts since a time, then live, with no dupl
   }
   const system = await ready.find((m) => m.extension === 'system')
   assert.equal(system.status, 'ok')
+  // A user the policies do not let read the topic gets no replay: the join is refused.
+  const outsider = await refused(
+    privateChannel(supabase({ token: tokens.otto }), 'room:replay', { broadcast: { replay: { since, limit: 25 } } })
+  )
+  assert.match(outsider.message, /You do not have permissions to read from this Channel topic: room:replay/)
   await sql(`select realtime.send('{"n": 31}'::jsonb, 'tick', 'room:replay', true)`)
   const live = await heard.find((m) => m.payload.n === 31)
   assert.equal(live.meta.replayed, undefined)

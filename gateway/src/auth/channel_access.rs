@@ -80,6 +80,11 @@ pub fn unauthorized_read(topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {topic}")
 }
 
+/// The refusal of a presence track the channel's rights do not allow.
+pub fn unauthorized_track(channel: &str) -> String {
+    format!("Unauthorized: you may not track presence in channel {channel}")
+}
+
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelAccess {

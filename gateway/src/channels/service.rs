@@ -10,7 +10,9 @@
 
 use super::error::JoinError;
 use super::tables;
-use crate::auth::channel_access::{self, room_name, unauthorized_read, ChannelAccess};
+use crate::auth::channel_access::{
+    self, room_name, unauthorized_read, unauthorized_track, ChannelAccess,
+};
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::broadcast::{Broadcasts, Membership, Replay};
@@ -155,9 +157,8 @@ impl ChannelService {
             }
         }
         if request.track.is_some() && !access.can_track {
-            return Err(JoinError::Denied(Some(format!(
-                "Unauthorized: you may not track presence in channel {}",
-                request.channel
+            return Err(JoinError::Denied(Some(unauthorized_track(
+                &request.channel,
             ))));
         }
         let warnings = tables::check(

@@ -533,10 +533,7 @@ impl Channels {
             .expect("checked by handle");
         let result = match message.get("event").and_then(Value::as_str) {
             Some("track") if !joined.channel.access.can_track => {
-                let reason = format!(
-                    "Unauthorized: you may not track presence in channel {}",
-                    joined.channel.channel
-                );
+                let reason = channel_access::unauthorized_track(&joined.channel.channel);
                 self.refuse(frame, &reason);
                 return;
             }
