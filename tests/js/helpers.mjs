@@ -1,7 +1,6 @@
 // Shared setup for the JS client tests: the stack's addresses and tokens come from the
 // environment that tests/tests/js_clients.rs sets after starting Postgres, NATS, the CDC and
 // two gateways; these helpers make real clients from npm against them.
-import { createClient } from '@supabase/supabase-js'
 import WebSocket from 'ws'
 import pg from 'pg'
 
@@ -17,17 +16,24 @@ export const SERVICE_KEY = env('SERVICE_KEY')
 export const tokens = JSON.parse(env('TOKENS'))
 export const userIds = JSON.parse(env('USER_IDS'))
 
+// The one place that picks the supabase-js under test: js_clients.rs runs the suite once with
+// '@supabase/supabase-js' (the pinned version) and once with 'supabase-js-latest' (an npm alias
+// of the newest 2.x, package.json) under Node 22, naming it in SUPABASE_JS_PACKAGE.
+const { createClient } = await import(process.env.SUPABASE_JS_PACKAGE ?? '@supabase/supabase-js')
+
 const clients = []
 
 // A supabase-js client on gateway `index` acting with `token` (the user's JWT), speaking `vsn`.
-// Node 20 has no global WebSocket, so ws's class is passed as the transport (DESIGN.md).
+// Node 20 has no global WebSocket, so there ws's class is passed as the transport (DESIGN.md);
+// Node 22 has one, and realtime-js uses it when given no transport, as in a browser.
 //
 // The `accessToken` option keeps the token on every heartbeat's refresh, but it resolves only
 // after the current tick: a channel subscribed right after `createClient` would join with the
 // apikey's role (realtime-js evaluates the join payload when `subscribe()` is called), against
 // Supabase as against us. `realtime.setAuth(token)` takes effect at once.
 export function supabase({ gateway = 0, token, vsn = '2.0.0', apikey = ANON_KEY } = {}) {
-  const options = { realtime: { transport: WebSocket, vsn, heartbeatIntervalMs: 5000 } }
+  const options = { realtime: { vsn, heartbeatIntervalMs: 5000 } }
+  if (typeof globalThis.WebSocket === 'undefined') options.realtime.transport = WebSocket
   if (token) options.accessToken = async () => token
   const client = createClient(GATEWAYS[gateway], apikey, options)
   if (token) client.realtime.setAuth(token)

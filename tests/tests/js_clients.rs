@@ -1,20 +1,98 @@
 //! Runs the real JavaScript clients of `tests/js/` (supabase-js, socket.io-client, ws and pg,
-//! pinned in its package.json) against a whole stack: private Postgres and NATS, the CDC and two gateways. The stack's
-//! addresses and tokens reach the JS tests through environment variables; node's test runner
-//! reports each case, and this test fails if any of them does.
+//! pinned in its package.json) against a whole stack: private Postgres and NATS, the CDC and two
+//! gateways. The stack's addresses and tokens reach the JS tests through environment variables;
+//! node's test runner reports each case, and a test here fails if any of them does.
+//!
+//! The suite runs twice, each time against a stack of its own: with the machine's `node` and the
+//! pinned `@supabase/supabase-js` (what scripts/test has always run), and with Node 22 from npm
+//! (`tests/js/node22`) and the newest supabase-js 2.x (`supabase-js-latest`, an npm alias), which
+//! needs Node >= 22 and there uses Node's own WebSocket. Each run prints the versions it used.
 
 use realtime_tests::{token, Stack};
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+/// One run of the suite: which node executable, which supabase-js (a package in tests/js).
+struct Run {
+    name: &'static str,
+    node: &'static str,
+    supabase_js: &'static str,
+    install: &'static str,
+}
 
 #[tokio::test]
-async fn js_clients_against_two_gateways() {
+async fn js_clients_system_node_pinned_supabase_js() {
+    run_suite(Run {
+        name: "system node + pinned supabase-js",
+        node: "node",
+        supabase_js: "@supabase/supabase-js",
+        install: "install Node.js and run `npm ci --prefix tests/js`",
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn js_clients_node22_newest_supabase_js() {
+    run_suite(Run {
+        name: "Node 22 + newest supabase-js",
+        node: "node22/node_modules/.bin/node",
+        supabase_js: "supabase-js-latest",
+        install: "run `npm ci --prefix tests/js` and `npm ci --prefix tests/js/node22`",
+    })
+    .await;
+}
+
+/// The two runs take turns: each is a whole stack plus a node process, and the suite's
+/// time-bound checks (typing expiry, presence leave) should not compete with the other run.
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+async fn run_suite(run: Run) {
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let node = if run.node.contains('/') {
+        js.join(run.node)
+    } else {
+        PathBuf::from(run.node)
+    };
+    let package = js.join("node_modules").join(run.supabase_js);
     assert!(
-        js.join("node_modules/@supabase/supabase-js").exists(),
-        "tests/js has no node_modules: run `npm ci --prefix tests/js` (scripts/test does)"
+        package.exists() && (!run.node.contains('/') || node.exists()),
+        "[{}] {} or {} is not installed: {} (scripts/test does)",
+        run.name,
+        node.display(),
+        package.display(),
+        run.install
     );
+    let node_version = Command::new(&node)
+        .arg("--version")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_else(|e| {
+            panic!(
+                "[{}] run {}: {e} ({})",
+                run.name,
+                node.display(),
+                run.install
+            )
+        });
+    // realtime-js resolves as node resolves it: nested under the package, else hoisted.
+    let nested = package.join("node_modules/@supabase/realtime-js");
+    let realtime_js = if nested.exists() {
+        nested
+    } else {
+        js.join("node_modules/@supabase/realtime-js")
+    };
+    let versions = format!(
+        "node {node_version}, {} {} (@supabase/supabase-js), @supabase/realtime-js {}",
+        run.supabase_js,
+        package_version(&package),
+        package_version(&realtime_js)
+    );
+    println!("[{}] {versions}", run.name);
+
     // Typing indicators expire after 1 s instead of 3 s, to keep the expiry test short.
     let stack = Stack::start(2, &[("REALTIME_TYPING_TIMEOUT", "1000")]).await;
     // Supabase users' ids are UUIDs, which the policies of Supabase's docs cast (auth.uid()).
@@ -42,8 +120,9 @@ async fn js_clients_against_two_gateways() {
     let only: Vec<String> = std::env::var("JS_TEST_FILES")
         .map(|files| files.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
+    let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
+        Command::new(&node)
             .args([
                 "--test",
                 "--test-concurrency=1",
@@ -52,6 +131,7 @@ async fn js_clients_against_two_gateways() {
             ])
             .args(&only)
             .current_dir(&js)
+            .env("SUPABASE_JS_PACKAGE", run.supabase_js)
             .env("GATEWAY_A", stack.gateways[0].http_url())
             .env("GATEWAY_B", stack.gateways[1].http_url())
             .env("DATABASE_URL", &stack.db.url)
@@ -64,13 +144,26 @@ async fn js_clients_against_two_gateways() {
     })
     .await
     .unwrap();
-    let (output, stack) = output.expect("run node (install Node.js: scripts/test does)");
+    let (output, stack) = output.unwrap_or_else(|e| panic!("[{}] run node: {e}", run.name));
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    println!(
+        "[{}] {versions}: node's test run took {:.1?}",
+        run.name,
+        started.elapsed()
+    );
     if !output.status.success() {
         for (n, gateway) in stack.gateways.iter().enumerate() {
             eprintln!("--- gateway {n} log ---\n{}", gateway.log());
         }
-        panic!("the JS client tests failed");
+        panic!("the JS client tests failed with {} ({versions})", run.name);
     }
+}
+
+/// The `version` of the npm package installed in `dir`.
+fn package_version(dir: &Path) -> String {
+    let manifest = std::fs::read_to_string(dir.join("package.json"))
+        .unwrap_or_else(|e| panic!("read {}/package.json: {e}", dir.display()));
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["version"].as_str().unwrap_or("?").to_string()
 }
