@@ -18,6 +18,7 @@
 //! answering gateway own a presence entry for the user, refreshed like its connections' until
 //! `presence offline` (or until that gateway stops).
 
+use crate::auth::channel_access::room_of_label;
 use crate::http_auth::{authenticate, refusal, Refusal};
 use crate::state::Gateway;
 use bytes::Bytes;
@@ -141,7 +142,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
             gateway
                 .channels
                 .presences
-                .track(&channel, operator_conn(&user), &user, meta)
+                .track(&room_of_label(&channel), operator_conn(&user), &user, meta)
                 .await?;
             Ok(
                 json!({ "user": user, "channel": channel, "status": status, "gateway": gateway_id(gateway) }),
@@ -169,7 +170,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
                 gateway
                     .channels
                     .presences
-                    .untrack(channel, operator_conn(&user))
+                    .untrack(&room_of_label(channel), operator_conn(&user))
                     .await?;
             }
             Ok(json!({ "user": user, "channels": channels }))

@@ -61,7 +61,7 @@ async fn may_send(
             format!("authorization is unavailable: {e}"),
         )
     })?;
-    let access = channel_access::authorize(
+    let mut access = channel_access::authorize(
         &mut client,
         &identity.claims,
         &gateway.roles,
@@ -71,6 +71,17 @@ async fn may_send(
     )
     .await
     .map_err(|e| refusal(StatusCode::FORBIDDEN, e.to_string()))?;
+    if access.allowed {
+        channel_access::ask_writes(
+            &mut client,
+            &identity.claims,
+            &gateway.roles,
+            topic,
+            &mut access,
+        )
+        .await
+        .map_err(|e| refusal(StatusCode::FORBIDDEN, e.to_string()))?;
+    }
     if access.allowed && access.can_send {
         Ok(channel_access::room_name(topic, access.private))
     } else {

@@ -264,7 +264,13 @@ fn a_port_taken_by_another_program_is_replaced_and_remembered() {
     let pg = LocalPostgres::start(&scratch.state()).expect("start");
     let old_port = pg.port();
     drop(pg);
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", old_port)).expect("take the port");
+    // Another test's Postgres, starting meanwhile, may have taken the freed port first: then
+    // another program holds it already, which is the case under test.
+    let squatter = match std::net::TcpListener::bind(("127.0.0.1", old_port)) {
+        Ok(listener) => Some(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
+        Err(e) => panic!("take the port: {e}"),
+    };
 
     let moved = LocalPostgres::start(&scratch.state()).expect("start on another port");
     assert_ne!(moved.port(), old_port);

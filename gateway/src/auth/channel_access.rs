@@ -17,7 +17,9 @@
 //! policies on `realtime.messages` ([`authorize_private`]): under the claims, with
 //! `realtime.topic` set to the topic, a row of the topic with `extension` `broadcast` or
 //! `presence` that a SELECT policy shows lets the user receive that extension, and one an INSERT
-//! policy accepts lets them send broadcasts or track presence. Either source grants.
+//! policy accepts lets them send broadcasts or track presence. Either source grants. As in
+//! Supabase, the INSERT rules are asked at the first send or track ([`ask_writes`]), not at the
+//! join.
 //!
 //! Public and private joins of one topic land in separate rooms ([`room_name`]), as in
 //! Supabase, so a broadcast to a private topic never reaches a public subscriber.
@@ -75,6 +77,16 @@ pub fn room_label(room: &str) -> String {
     }
 }
 
+/// The room an operator names by its label ([`room_label`]): `private:<topic>` is the topic's
+/// private room. (A public topic whose own name starts with `private:` has the same label; an
+/// operator command then means the private room.)
+pub fn room_of_label(label: &str) -> String {
+    match label.strip_prefix("private:") {
+        Some(topic) => room_name(topic, true),
+        None => label.to_string(),
+    }
+}
+
 /// Supabase's refusal of a private join the policies do not grant.
 pub fn unauthorized_read(topic: &str) -> String {
     format!("Unauthorized: You do not have permissions to read from this Channel topic: {topic}")
@@ -99,6 +111,10 @@ pub struct ChannelAccess {
     /// extension only receives that one).
     pub receive_broadcast: bool,
     pub receive_presence: bool,
+    /// Whether the messages policies were asked what the claims may write ([`ask_writes`]).
+    /// A private join asks only what they may read, as Supabase does; until the first send or
+    /// track asks, `can_send` and `can_track` hold what the channel rules alone grant.
+    pub writes_asked: bool,
     /// The channel is private: its room is the topic's private one ([`room_name`]).
     pub private: bool,
     /// The channel's type when it has a row (`public`, `private`, `presence`, `direct`).
@@ -107,6 +123,25 @@ pub struct ChannelAccess {
     pub persisted: bool,
     /// The channel's `id` when it has a row.
     pub channel_id: Option<String>,
+}
+
+/// A write a channel's rights may allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Send a broadcast.
+    Broadcast,
+    /// Track presence.
+    Presence,
+}
+
+impl ChannelAccess {
+    /// Whether `write` is allowed as far as the rights asked so far go ([`Self::writes_asked`]).
+    pub fn allows(&self, write: Write) -> bool {
+        match write {
+            Write::Broadcast => self.can_send,
+            Write::Presence => self.can_track,
+        }
+    }
 }
 
 /// The question could not be answered.
@@ -139,19 +174,23 @@ const VISIBLE_CHANNEL: &str = "SELECT c.type,
           WHERE m.channel_id = c.id AND m.user_id = realtime.user_id())
    FROM realtime.channels c WHERE c.slug = $1";
 
-/// Probe rows of the topic, one per extension, inserted as the gateway (not subject to RLS) so
-/// that the claims' SELECT policies can be asked whether they show them.
-const READ_PROBES: &str = "INSERT INTO realtime.messages (id, topic, extension)
-     VALUES ($1::text::uuid, $3, 'broadcast'), ($2::text::uuid, $3, 'presence')";
+/// [`CHANNEL_ROW`] of the topic $3, after inserting two probe rows of it, one per extension,
+/// as the gateway (not subject to RLS), so that the claims' SELECT policies can be asked
+/// whether they show them. One statement, one answer to wait for.
+const PROBES_AND_CHANNEL_ROW: &str = "WITH probes AS (
+         INSERT INTO realtime.messages (id, topic, extension)
+         VALUES ($1::text::uuid, $3, 'broadcast'), ($2::text::uuid, $3, 'presence'))
+     SELECT type, persist_messages, id::text FROM realtime.channels WHERE slug = $3";
 
-/// Which probe rows the claims see.
-const VISIBLE_PROBES: &str =
-    "SELECT extension FROM realtime.messages WHERE id = ANY($1::text[]::uuid[])";
+/// Which probe rows the claims see. Two scalar ids (not an array, whose length only a custom
+/// plan knows) and the probes' `inserted_at` (the transaction's time, their default) let
+/// Postgres keep one generic plan that reads only today's partition; a custom plan would be
+/// made at every join, and planning the policies is most of a join's cost.
+const VISIBLE_PROBES: &str = "SELECT extension FROM realtime.messages
+     WHERE id IN ($1::text::uuid, $2::text::uuid) AND inserted_at = (now() AT TIME ZONE 'utc')";
 
 /// A row the claims' INSERT policies must accept to send (`broadcast`) or track (`presence`).
 const WRITE_PROBE: &str = "INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)";
-
-const SET_TOPIC: &str = "SELECT set_config('realtime.topic', $1, true)";
 
 /// Decides whether `claims` may join the channel `slug` (see the module docs). A private join
 /// is decided by [`authorize_private`].
@@ -193,21 +232,29 @@ pub async fn authorize(
     Ok(row.decide(visible.as_ref(), &role, slug, None))
 }
 
-/// What the app's policies on `realtime.messages` allow on one topic (Supabase's
-/// authorization of private channels).
+/// What the app's SELECT policies on `realtime.messages` let the claims read on one topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TopicPolicies {
-    pub broadcast_read: bool,
-    pub presence_read: bool,
-    pub broadcast_write: bool,
-    pub presence_write: bool,
+pub struct ReadPolicies {
+    pub broadcast: bool,
+    pub presence: bool,
+}
+
+/// What its INSERT policies let them write on one topic: send broadcasts, track presence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WritePolicies {
+    pub broadcast: bool,
+    pub presence: bool,
 }
 
 /// Decides a private join of `topic`: the channel rules (a visible `realtime.channels` row) or
-/// the messages policies grant it, and each right is the union of both. Everything is asked in
-/// one rolled-back transaction, in one round trip: the channel row and two probe rows as the
-/// gateway, then under the claims (with `realtime.topic` set) the visible channel, the visible
-/// probes, and one INSERT per extension, each in a savepoint.
+/// the messages policies' SELECT rules grant it. Everything is asked in one rolled-back
+/// transaction, in one round trip: the channel row and two probe rows as the gateway, then
+/// under the claims (with `realtime.topic` set) the visible channel and the visible probes. A
+/// policy that fails refuses the join only where the channel rules do not grant it.
+///
+/// As in Supabase, the INSERT policies are not asked at the join but at the first send or track
+/// ([`ask_writes`]): a join costs one probe INSERT instead of three, and most subscribers
+/// never write.
 pub async fn authorize_private(
     client: &mut Pooled,
     claims: &Claims,
@@ -215,55 +262,95 @@ pub async fn authorize_private(
     topic: &str,
 ) -> Result<ChannelAccess, AccessError> {
     let settings = session::ClaimSettings::new(claims, roles)?;
-    let mut statements = Vec::with_capacity(7);
+    let mut statements = Vec::with_capacity(4);
     for sql in [
-        CHANNEL_ROW,
-        READ_PROBES,
-        session::TAKE_ON_CLAIMS,
-        SET_TOPIC,
+        PROBES_AND_CHANNEL_ROW,
+        session::TAKE_ON_CLAIMS_IN_TOPIC,
         VISIBLE_CHANNEL,
         VISIBLE_PROBES,
-        WRITE_PROBE,
     ] {
         statements.push(client.prepared(sql).await.map_err(classify)?);
     }
-    let [channel_row, read_probes, take_on, set_topic, visible_channel, visible_probes, write_probe] =
-        <[_; 7]>::try_from(statements).expect("seven statements");
+    let [channel_row, take_on, visible_channel, visible_probes] =
+        <[_; 4]>::try_from(statements).expect("four statements");
     let probe_ids = [random_uuid(), random_uuid()];
-    let probe_list: Vec<&str> = probe_ids.iter().map(String::as_str).collect();
-    let take_on_params = settings.params();
+    let take_on_params = settings.params_in_topic(&topic);
     let by_topic: [&(dyn ToSql + Sync); 1] = [&topic];
     let probes: [&(dyn ToSql + Sync); 3] = [&probe_ids[0], &probe_ids[1], &topic];
-    let probe_list: [&(dyn ToSql + Sync); 1] = [&probe_list];
+    let probe_list: [&(dyn ToSql + Sync); 2] = [&probe_ids[0], &probe_ids[1]];
+    client.set_in_user_session(true);
+    let db: &tokio_postgres::Client = client;
+    // Polled together, these go out back to back and are answered in order (see
+    // `session::query_as`). The policies are asked last, so that one failing leaves the
+    // answers before it standing.
+    let (begun, existing, taken_on, visible, seen, ended) = tokio::join!(
+        db.batch_execute("BEGIN"),
+        db.query_opt(&channel_row, &probes),
+        db.execute(&take_on, &take_on_params),
+        db.query_opt(&visible_channel, &by_topic),
+        db.query(&visible_probes, &probe_list),
+        db.batch_execute("ROLLBACK"),
+    );
+    ended.map_err(classify)?;
+    client.set_in_user_session(false);
+    begun.map_err(classify)?;
+    let existing = existing.map_err(classify)?;
+    taken_on.map_err(|e| AccessError::Session(settings.failed(&e)))?;
+    let visible = visible.map_err(classify)?;
+    let read = seen.map_err(classify).map(|seen| {
+        let seen = |extension: &str| seen.iter().any(|row| row.get::<_, &str>(0) == extension);
+        ReadPolicies {
+            broadcast: seen("broadcast"),
+            presence: seen("presence"),
+        }
+    });
+    Ok(match existing {
+        Some(existing) => {
+            // Where the channel rules grant the join, a policy that fails for these claims
+            // (Supabase's `auth.uid()` casting a seed user's non-UUID `sub`) grants nothing
+            // more rather than refusing what the rules allow.
+            let read = match (visible.is_some(), read) {
+                (true, Err(e)) => {
+                    tracing::debug!(topic, error = %e, "messages policies failed; the channel rules decide");
+                    ReadPolicies::default()
+                }
+                (_, read) => read?,
+            };
+            ChannelRow::read(&existing).decide(visible.as_ref(), settings.role(), topic, Some(read))
+        }
+        None => ChannelAccess::by_policies(read?, topic),
+    })
+}
+
+/// Asks the messages policies' INSERT rules what `access`'s claims may write on `topic`, if
+/// that is still unknown ([`ChannelAccess::writes_asked`]), and adds what they grant: one
+/// rolled-back transaction, in one round trip, with one probe INSERT per extension, each in a
+/// savepoint. A policy that fails is an error (the send or track is refused with it).
+pub async fn ask_writes(
+    client: &mut Pooled,
+    claims: &Claims,
+    roles: &AllowedRoles,
+    topic: &str,
+    access: &mut ChannelAccess,
+) -> Result<(), AccessError> {
+    if access.writes_asked {
+        return Ok(());
+    }
+    let settings = session::ClaimSettings::new(claims, roles)?;
+    let take_on = client
+        .prepared(session::TAKE_ON_CLAIMS_IN_TOPIC)
+        .await
+        .map_err(classify)?;
+    let write_probe = client.prepared(WRITE_PROBE).await.map_err(classify)?;
+    let take_on_params = settings.params_in_topic(&topic);
     let write_broadcast: [&(dyn ToSql + Sync); 2] = [&topic, &"broadcast"];
     let write_presence: [&(dyn ToSql + Sync); 2] = [&topic, &"presence"];
     client.set_in_user_session(true);
     let db: &tokio_postgres::Client = client;
-    // Polled together, these go out back to back and are answered in order (see
-    // `session::query_as`); a refused INSERT aborts only up to its savepoint.
-    let (
-        begun,
-        existing,
-        probed,
-        taken_on,
-        topic_set,
-        visible,
-        seen,
-        _,
-        broadcast,
-        _,
-        _,
-        presence,
-        _,
-        ended,
-    ) = tokio::join!(
+    // As in `authorize_private`; a refused INSERT aborts only up to its savepoint.
+    let (begun, taken_on, _, broadcast, _, _, presence, _, ended) = tokio::join!(
         db.batch_execute("BEGIN"),
-        db.query_opt(&channel_row, &by_topic),
-        db.execute(&read_probes, &probes),
         db.execute(&take_on, &take_on_params),
-        db.execute(&set_topic, &by_topic),
-        db.query_opt(&visible_channel, &by_topic),
-        db.query(&visible_probes, &probe_list),
         db.batch_execute("SAVEPOINT broadcast_write"),
         db.execute(&write_probe, &write_broadcast),
         db.batch_execute("ROLLBACK TO SAVEPOINT broadcast_write"),
@@ -275,31 +362,12 @@ pub async fn authorize_private(
     ended.map_err(classify)?;
     client.set_in_user_session(false);
     begun.map_err(classify)?;
-    let existing = existing.map_err(classify)?;
-    probed.map_err(classify)?;
     taken_on.map_err(|e| AccessError::Session(settings.failed(&e)))?;
-    topic_set.map_err(classify)?;
-    let visible = visible.map_err(classify)?;
-    let seen: Vec<String> = seen
-        .map_err(classify)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let policies = TopicPolicies {
-        broadcast_read: seen.iter().any(|e| e == "broadcast"),
-        presence_read: seen.iter().any(|e| e == "presence"),
-        broadcast_write: insert_allowed(broadcast)?,
-        presence_write: insert_allowed(presence)?,
-    };
-    Ok(match existing {
-        Some(existing) => ChannelRow::read(&existing).decide(
-            visible.as_ref(),
-            settings.role(),
-            topic,
-            Some(policies),
-        ),
-        None => ChannelAccess::by_policies(policies, topic),
-    })
+    access.grant_writes(WritePolicies {
+        broadcast: insert_allowed(broadcast)?,
+        presence: insert_allowed(presence)?,
+    });
+    Ok(())
 }
 
 /// Whether a probe INSERT passed the claims' policies: refused by RLS or grants (42501) is
@@ -331,19 +399,18 @@ impl ChannelRow {
     }
 
     /// The decision for claims of `role` that see the row as `visible` (none: they do not),
-    /// with what the messages policies granted on a private join.
+    /// with what the messages policies let them read on a private join (`None`: a public one).
     fn decide(
         self,
         visible: Option<&tokio_postgres::Row>,
         role: &str,
         slug: &str,
-        policies: Option<TopicPolicies>,
+        read: Option<ReadPolicies>,
     ) -> ChannelAccess {
-        let private =
-            policies.is_some() || matches!(self.channel_type.as_str(), "private" | "direct");
+        let private = read.is_some() || matches!(self.channel_type.as_str(), "private" | "direct");
         let mut access = match visible {
-            None => match policies {
-                Some(policies) => ChannelAccess::by_policies(policies, slug),
+            None => match read {
+                Some(read) => ChannelAccess::by_policies(read, slug),
                 None => ChannelAccess::refused(format!(
                     "Unauthorized: you do not have permission to join {} channel {slug}",
                     self.channel_type
@@ -352,11 +419,11 @@ impl ChannelRow {
             Some(row) => {
                 let member_can_send: Option<bool> = row.get(1);
                 let open = matches!(self.channel_type.as_str(), "public" | "presence");
-                let granted = policies.unwrap_or_default();
+                let can_send = role == "service_role" || member_can_send.unwrap_or(open);
                 ChannelAccess {
-                    can_send: role == "service_role"
-                        || member_can_send.unwrap_or(open)
-                        || granted.broadcast_write,
+                    can_send,
+                    // On a private join the INSERT policies may still grant sending.
+                    writes_asked: can_send || read.is_none(),
                     ..ChannelAccess::open()
                 }
             }
@@ -379,6 +446,7 @@ impl ChannelAccess {
             can_track: true,
             receive_broadcast: true,
             receive_presence: true,
+            writes_asked: true,
             private: false,
             channel_type: None,
             persisted: false,
@@ -399,22 +467,31 @@ impl ChannelAccess {
     }
 
     /// A private topic as the messages policies decide it: joined when either extension may be
-    /// read (Supabase's rule), refused with Supabase's words otherwise.
-    fn by_policies(policies: TopicPolicies, topic: &str) -> ChannelAccess {
-        if !(policies.broadcast_read || policies.presence_read) {
+    /// read (Supabase's rule), refused with Supabase's words otherwise. Sending and tracking
+    /// wait for [`ask_writes`].
+    fn by_policies(read: ReadPolicies, topic: &str) -> ChannelAccess {
+        if !(read.broadcast || read.presence) {
             return ChannelAccess {
                 private: true,
                 ..ChannelAccess::refused(unauthorized_read(topic))
             };
         }
         ChannelAccess {
-            can_send: policies.broadcast_write,
-            can_track: policies.presence_write,
-            receive_broadcast: policies.broadcast_read,
-            receive_presence: policies.presence_read,
+            can_send: false,
+            can_track: false,
+            writes_asked: false,
+            receive_broadcast: read.broadcast,
+            receive_presence: read.presence,
             private: true,
             ..ChannelAccess::open()
         }
+    }
+
+    /// Adds what the INSERT policies grant to what the channel rules did.
+    fn grant_writes(&mut self, writes: WritePolicies) {
+        self.can_send |= writes.broadcast;
+        self.can_track |= writes.presence;
+        self.writes_asked = true;
     }
 }
 
@@ -454,6 +531,8 @@ mod tests {
         assert_eq!(room_topic(&private), ("room:1", true));
         assert_eq!(room_topic("room:1"), ("room:1", false));
         assert_eq!(room_label(&private), "private:room:1");
+        assert_eq!(room_of_label("private:room:1"), private);
+        assert_eq!(room_of_label("room:1"), "room:1");
         // A client cannot name the private room: its name has a control character.
         assert!(!valid_channel_name(&private));
         assert_eq!(room_topic("private:room:1"), ("private:room:1", false));
@@ -461,7 +540,7 @@ mod tests {
 
     #[test]
     fn policies_grant_what_they_allow_and_refuse_with_supabase_words() {
-        let none = ChannelAccess::by_policies(TopicPolicies::default(), "room:1");
+        let none = ChannelAccess::by_policies(ReadPolicies::default(), "room:1");
         assert!(!none.allowed);
         assert_eq!(
             none.reason.as_deref(),
@@ -469,14 +548,23 @@ mod tests {
                 "Unauthorized: You do not have permissions to read from this Channel topic: room:1"
             )
         );
-        let read_only = ChannelAccess::by_policies(
-            TopicPolicies {
-                broadcast_read: true,
-                ..TopicPolicies::default()
+        let mut read_only = ChannelAccess::by_policies(
+            ReadPolicies {
+                broadcast: true,
+                ..ReadPolicies::default()
             },
             "room:1",
         );
         assert!(read_only.allowed && read_only.private && read_only.receive_broadcast);
         assert!(!read_only.receive_presence && !read_only.can_send && !read_only.can_track);
+        assert!(
+            !read_only.writes_asked,
+            "writes are asked at the first send"
+        );
+        read_only.grant_writes(WritePolicies {
+            broadcast: false,
+            presence: true,
+        });
+        assert!(read_only.writes_asked && !read_only.can_send && read_only.can_track);
     }
 }

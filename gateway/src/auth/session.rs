@@ -26,13 +26,27 @@ use nself_realtime_shared::postgres_error::describe;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-/// The statement that takes on the claims (see the module docs).
-pub const TAKE_ON_CLAIMS: &str = "SELECT set_config('role', $1, true),
+/// The text of [`TAKE_ON_CLAIMS`], for the statements built on it.
+macro_rules! take_on_claims {
+    () => {
+        "SELECT set_config('role', $1, true),
         set_config('request.jwt.claims', $2, true),
         set_config('request.jwt.claim.sub', $3, true),
         set_config('request.jwt.claim.role', $1, true),
         set_config('hasura.user', $4, true),
-        set_config('hasura.user.id', $5, true)";
+        set_config('hasura.user.id', $5, true)"
+    };
+}
+
+/// The statement that takes on the claims (see the module docs).
+pub const TAKE_ON_CLAIMS: &str = take_on_claims!();
+
+/// [`TAKE_ON_CLAIMS`] that also sets `realtime.topic` (Supabase's `realtime.topic()`) to $6,
+/// in the same statement: the messages policies of one topic are asked under it.
+pub const TAKE_ON_CLAIMS_IN_TOPIC: &str = concat!(
+    take_on_claims!(),
+    ", set_config('realtime.topic', $6, true)"
+);
 
 /// The role of a token without one.
 pub const DEFAULT_ROLE: &str = "anon";
@@ -169,6 +183,12 @@ impl ClaimSettings {
             &self.hasura_json,
             &self.user_id,
         ]
+    }
+
+    /// The bind parameters of [`TAKE_ON_CLAIMS_IN_TOPIC`] for `topic`.
+    pub fn params_in_topic<'a>(&'a self, topic: &'a &'a str) -> [&'a (dyn ToSql + Sync); 6] {
+        let [role, claims, sub, hasura, user] = self.params();
+        [role, claims, sub, hasura, user, topic]
     }
 
     /// The error for a failure to take these claims on.

@@ -11,7 +11,7 @@
 use super::error::JoinError;
 use super::tables;
 use crate::auth::channel_access::{
-    self, room_name, unauthorized_read, unauthorized_track, ChannelAccess,
+    self, room_name, unauthorized_read, unauthorized_track, ChannelAccess, Write,
 };
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
@@ -143,9 +143,18 @@ impl ChannelService {
         if joined >= self.max_channels {
             return Err(JoinError::TooMany(self.max_channels));
         }
-        let access = self
+        let mut access = self
             .authorize(&request.identity, &request.channel, request.private)
             .await?;
+        if request.track.is_some() {
+            self.ask_writes(
+                &request.identity,
+                &request.channel,
+                &mut access,
+                Write::Presence,
+            )
+            .await?;
+        }
         if request.replay.is_some() {
             if !access.private {
                 return Err(JoinError::Replay(
@@ -298,6 +307,46 @@ impl ChannelService {
             return Err(JoinError::Denied(access.reason.clone()));
         }
         Ok(access)
+    }
+
+    /// Whether the channel's claims may `write`. On a private channel the messages policies'
+    /// INSERT rules are asked the first time a write needs them, then remembered (until an
+    /// `access_token` re-authorizes the channel), as Supabase does.
+    pub async fn may_write(
+        &self,
+        channel: &mut JoinedChannel,
+        write: Write,
+    ) -> Result<bool, JoinError> {
+        self.ask_writes(
+            &channel.identity,
+            &channel.channel,
+            &mut channel.access,
+            write,
+        )
+        .await?;
+        Ok(channel.access.allows(write))
+    }
+
+    /// Asks the messages policies what `identity` may write on `channel` when `write` is not
+    /// allowed yet and they were not asked.
+    async fn ask_writes(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        access: &mut ChannelAccess,
+        write: Write,
+    ) -> Result<(), JoinError> {
+        if access.writes_asked || access.allows(write) {
+            return Ok(());
+        }
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| JoinError::Unavailable(e.to_string()))?;
+        channel_access::ask_writes(&mut client, &identity.claims, &self.roles, channel, access)
+            .await
+            .map_err(JoinError::Access)
     }
 
     /// Checks a joined channel under new claims (`access_token`, a re-authentication): the

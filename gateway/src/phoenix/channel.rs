@@ -9,7 +9,7 @@
 //! after the reply.
 
 use super::frame::{self, InFrame, Payload, Vsn};
-use crate::auth::channel_access;
+use crate::auth::channel_access::{self, Write};
 use crate::auth::identity::Identity;
 use crate::changes::binding::Binding;
 use crate::channels::{JoinError, JoinRequest, JoinedChannel, ReplayRequest};
@@ -464,17 +464,27 @@ impl Channels {
             ));
             return;
         }
-        let joined = &self.joined[&frame.topic];
-        if !joined.channel.access.can_send {
-            self.refuse(
-                frame,
-                &format!(
-                    "Unauthorized: you may not send to channel {}",
-                    joined.channel.channel
-                ),
-            );
+        let joined = self
+            .joined
+            .get_mut(&frame.topic)
+            .expect("checked by handle");
+        let channels = &self.gateway.channels;
+        let refusal = match channels
+            .may_write(&mut joined.channel, Write::Broadcast)
+            .await
+        {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "Unauthorized: you may not send to channel {}",
+                joined.channel.channel
+            )),
+            Err(e) => Some(join_refusal(e, &joined.channel.channel).0),
+        };
+        if let Some(reason) = refusal {
+            self.refuse(frame, &reason);
             return;
         }
+        let joined = &self.joined[&frame.topic];
         let (event, payload, meta) = match &frame.payload {
             Payload::Broadcast { event, data, meta } => (event.clone(), data.clone(), meta.clone()),
             Payload::Json(message) => {
@@ -531,12 +541,23 @@ impl Channels {
             .joined
             .get_mut(&frame.topic)
             .expect("checked by handle");
-        let result = match message.get("event").and_then(Value::as_str) {
-            Some("track") if !joined.channel.access.can_track => {
-                let reason = channel_access::unauthorized_track(&joined.channel.channel);
+        let event = message.get("event").and_then(Value::as_str);
+        if event == Some("track") {
+            let channels = &self.gateway.channels;
+            let refusal = match channels
+                .may_write(&mut joined.channel, Write::Presence)
+                .await
+            {
+                Ok(true) => None,
+                Ok(false) => Some(channel_access::unauthorized_track(&joined.channel.channel)),
+                Err(e) => Some(join_refusal(e, &joined.channel.channel).0),
+            };
+            if let Some(reason) = refusal {
                 self.refuse(frame, &reason);
                 return;
             }
+        }
+        let result = match event {
             Some("track") => {
                 let meta = match message.get("payload") {
                     Some(Value::Object(meta)) => meta.clone(),
