@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_database_broadcast",
         sql: include_str!("../../migrations/0004_database_broadcast.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_replay_index",
+        sql: include_str!("../../migrations/0005_replay_index.sql"),
+    },
 ];
 
 /// Advisory lock key held while migrating ("nselfrt" as bytes).

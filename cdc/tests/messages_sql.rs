@@ -416,7 +416,7 @@ async fn the_seed_messages_table_is_converted_with_its_rows_and_publications() {
     let applied = migrations::apply(&mut client)
         .await
         .expect("migration 0004");
-    assert_eq!(applied, ["0004_database_broadcast"]);
+    assert_eq!(applied, ["0004_database_broadcast", "0005_replay_index"]);
 
     let relkind: String = client
         .query_one(

@@ -173,20 +173,10 @@ impl DatabaseBroadcasts {
         limit: i64,
     ) -> Result<(Vec<Replayed>, bool), String> {
         let limit = limit.clamp(1, MAX_REPLAY);
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let statement = client.prepared(REPLAY).await.map_err(|e| describe(&e))?;
         let rows = client
-            .query(
-                "SELECT id::text, event, payload::text, binary_payload, channel_id IS NOT NULL,
-                        replace(inserted_at::text, ' ', 'T')
-                   FROM realtime.messages
-                  WHERE topic = $1 AND private IS TRUE AND extension = 'broadcast'
-                    AND event IS NOT NULL
-                    AND inserted_at >= to_timestamp($2::bigint / 1000.0) AT TIME ZONE 'utc'
-                    AND inserted_at < (now() AT TIME ZONE 'utc') + interval '1 minute'
-                  ORDER BY inserted_at DESC
-                  LIMIT $3",
-                &[&topic, &since_ms, &limit],
-            )
+            .query(&statement, &[&topic, &since_ms, &limit])
             .await
             .map_err(|e| describe(&e))?;
         let mut replayed = Vec::with_capacity(rows.len());
@@ -217,6 +207,20 @@ impl DatabaseBroadcasts {
         Ok((replayed, cut))
     }
 }
+
+/// The stored broadcasts of a private topic ($1) since $2 (milliseconds since the epoch), the
+/// $3 newest. Prepared once per connection: planning it costs ten times what running it does
+/// (with migration 0005's index on (topic, inserted_at)).
+const REPLAY: &str =
+    "SELECT id::text, event, payload::text, binary_payload, channel_id IS NOT NULL,
+            replace(inserted_at::text, ' ', 'T')
+       FROM realtime.messages
+      WHERE topic = $1 AND private IS TRUE AND extension = 'broadcast'
+        AND event IS NOT NULL
+        AND inserted_at >= to_timestamp($2::bigint / 1000.0) AT TIME ZONE 'utc'
+        AND inserted_at < (now() AT TIME ZONE 'utc') + interval '1 minute'
+      ORDER BY inserted_at DESC
+      LIMIT $3";
 
 /// What a change of `realtime.messages` delivers, if anything: an insert of a broadcast row,
 /// or an update or delete of a chat row (one with a `channel_id`).
