@@ -11,7 +11,7 @@
 //! each row for each subscriber would cost.
 
 use crate::load_client::raise_open_files_limit;
-use crate::measure::{CpuSplit, Histogram};
+use crate::measure::{wall_micros, CpuSplit, Histogram};
 use crate::stack::{gateway_pids, open_joined, start_stack};
 use realtime_tests::token;
 use serde_json::json;
@@ -30,14 +30,6 @@ pub struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-}
-
-/// Microseconds of wall-clock time since the Unix epoch.
-fn wall_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -115,7 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN)
     };
     let queries_before = rls_queries().await;
-    let cpu = CpuSplit::start(gateway_pids(&stack));
+    let cpu = CpuSplit::of_processes(gateway_pids(&stack));
     let started = Instant::now();
     let total = args.rate * args.seconds;
     let writers = 8u64;

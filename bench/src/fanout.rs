@@ -90,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         delivered.store(0, Ordering::Relaxed);
         let messages = rate * args.seconds;
         let expected = messages * args.subscribers as u64;
-        let cpu = CpuSplit::start(gateway_pids(&stack));
+        let cpu = CpuSplit::of_processes(gateway_pids(&stack));
         let first_send = now_micros();
         let period = Duration::from_secs_f64(1.0 / *rate as f64);
         let mut tick = tokio::time::interval(period);

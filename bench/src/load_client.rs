@@ -219,11 +219,16 @@ impl LoadSocket {
         Ok(ref_)
     }
 
-    /// Joins `topic` with `payload` and waits for an ok reply; returns the join ref.
-    pub async fn join(&mut self, topic: &str, payload: Value) -> anyhow::Result<String> {
+    /// Sends a `phx_join` of `topic` with `payload`; returns its ref (also its join ref).
+    pub async fn send_join(&mut self, topic: &str, payload: Value) -> anyhow::Result<String> {
         let join_ref = self.next_ref.to_string();
         self.push(Some(&join_ref.clone()), topic, "phx_join", payload)
-            .await?;
+            .await
+    }
+
+    /// Joins `topic` with `payload` and waits for an ok reply; returns the join ref.
+    pub async fn join(&mut self, topic: &str, payload: Value) -> anyhow::Result<String> {
+        let join_ref = self.send_join(topic, payload).await?;
         let reply = self.reply_to(&join_ref).await?;
         if !reply.contains(r#""status":"ok""#) {
             bail!("join of {topic} refused: {reply}");
@@ -258,10 +263,10 @@ impl LoadSocket {
     }
 }
 
-/// The number right after `key` (e.g. `"t":`) in `text`.
+/// The number right after `key` (e.g. `"t":`) in `text`, spaces between them skipped.
 pub fn field_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits: &str = &text[start..];
+    let digits: &str = text[start..].trim_start();
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(digits.len());

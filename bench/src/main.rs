@@ -2,6 +2,7 @@
 //! private Postgres and NATS (the test harness), drives a workload, and prints its figures with
 //! the machine they were measured on; BENCHMARKS.md records them with the command.
 
+mod broadcast_db;
 mod cdc;
 mod changes_rls;
 mod connections;
@@ -12,9 +13,12 @@ mod machine;
 mod measure;
 mod messages;
 mod presence;
+mod replay;
+mod rooms_policies;
 mod socketio_client;
 mod socketio_fanout;
 mod stack;
+mod stack_report;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +49,11 @@ enum Scenario {
     /// Persisted chat messages over Socket.IO through Postgres and the CDC to two gateways'
     /// subscribers: acks, deliveries (exactly once), latency and where it goes.
     Messages(messages::Args),
+    /// Broadcast from Database: realtime.send into private topics, many subscribers over two
+    /// gateways: sends/s, exactly once, latency.
+    BroadcastDb(broadcast_db::Args),
+    /// Broadcast replay at join on private channels: join → last replayed message, joins/s.
+    Replay(replay::Args),
 }
 
 #[tokio::main]
@@ -63,5 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Joins(args) => joins::run(args).await,
         Scenario::SocketioFanout(args) => socketio_fanout::run(args).await,
         Scenario::Messages(args) => messages::run(args).await,
+        Scenario::BroadcastDb(args) => broadcast_db::run(args).await,
+        Scenario::Replay(args) => replay::run(args).await,
     }
 }

@@ -6,6 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// Microseconds since the Unix epoch: Postgres' clock too (one machine), for times stored in
+/// rows or sent in frames.
+pub fn wall_micros() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A latency for the tables; the histograms put everything from 10 s up in their last bucket.
+pub fn ms(value: f64) -> String {
+    if value >= 10_000.0 {
+        "≥ 10 s".into()
+    } else {
+        format!("{value:.1} ms")
+    }
+}
+
 /// Microseconds since the first call, the same clock for every task of the process.
 pub fn now_micros() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -19,6 +35,12 @@ const BUCKETS: usize = 200_000;
 /// Latencies in 50 µs buckets.
 pub struct Histogram {
     buckets: Vec<AtomicU64>,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::new()
+    }
 }
 
 impl Histogram {
@@ -114,50 +136,59 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU use of named processes over a window, as shares of one core.
+/// CPU use of groups of processes over a window, as shares of one core; this process is added
+/// as "load generator", the rest of the machine's busy time as "other".
 pub struct CpuSplit {
-    start_wall: Instant,
-    start_machine: f64,
-    processes: Vec<(String, u32, f64)>,
+    wall: Instant,
+    machine: f64,
+    /// (label, [(pid, CPU seconds at the start)]).
+    groups: Vec<(String, Vec<(u32, f64)>)>,
 }
 
 impl CpuSplit {
-    /// Starts a window over `processes` (label, pid); this process is added as "load generator".
-    pub fn start(processes: impl IntoIterator<Item = (String, u32)>) -> CpuSplit {
-        let mut all: Vec<(String, u32, f64)> = processes
-            .into_iter()
-            .map(|(label, pid)| {
-                let start = process_cpu_seconds(pid);
-                (label, pid, start)
-            })
-            .collect();
-        let me = std::process::id();
-        all.push(("load generator".into(), me, process_cpu_seconds(me)));
+    /// Starts a window over `groups` of processes (label, pids).
+    pub fn start(groups: impl IntoIterator<Item = (String, Vec<u32>)>) -> CpuSplit {
+        let with_start = |pids: Vec<u32>| -> Vec<(u32, f64)> {
+            pids.into_iter()
+                .map(|pid| (pid, process_cpu_seconds(pid)))
+                .collect()
+        };
+        let me = ("load generator".to_string(), vec![std::process::id()]);
         CpuSplit {
-            start_wall: Instant::now(),
-            start_machine: machine_busy_seconds(),
-            processes: all,
+            wall: Instant::now(),
+            machine: machine_busy_seconds(),
+            groups: (groups.into_iter().chain([me]))
+                .map(|(label, pids)| (label, with_start(pids)))
+                .collect(),
         }
     }
 
-    /// `gateway 0 63 %, ..., other (Postgres, NATS, CDC) 12 %, machine 190 % of 200 %`.
+    /// Starts a window over single processes (label, pid).
+    pub fn of_processes(processes: impl IntoIterator<Item = (String, u32)>) -> CpuSplit {
+        CpuSplit::start(processes.into_iter().map(|(label, pid)| (label, vec![pid])))
+    }
+
+    /// `gateway 0 40 %, gateway 1 41 %, CDC 9 %, ..., load generator 30 %, other 5 %,
+    /// machine 164 % of 200 %`.
     pub fn report(&self) -> String {
-        let wall = self.start_wall.elapsed().as_secs_f64();
-        let mut parts = Vec::new();
+        let wall = self.wall.elapsed().as_secs_f64();
+        let machine = machine_busy_seconds() - self.machine;
         let mut named = 0.0;
-        for (label, pid, start) in &self.processes {
-            let used = process_cpu_seconds(*pid) - start;
-            named += used;
-            parts.push(format!("{label} {:.0} %", 100.0 * used / wall));
-        }
-        let machine = machine_busy_seconds() - self.start_machine;
+        let mut parts: Vec<String> = (self.groups.iter())
+            .map(|(label, pids)| {
+                // A process that exited meanwhile (a Postgres backend) counts as "other".
+                let used: f64 = (pids.iter())
+                    .map(|&(pid, start)| (process_cpu_seconds(pid) - start).max(0.0))
+                    .sum();
+                named += used;
+                format!("{label} {:.0} %", 100.0 * used / wall)
+            })
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         parts.push(format!(
-            "other (NATS, Postgres, CDC, system) {:.0} %",
+            "other {:.0} %",
             100.0 * (machine - named).max(0.0) / wall
         ));
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
         parts.push(format!(
             "machine {:.0} % of {} %",
             100.0 * machine / wall,

@@ -45,21 +45,21 @@
 //! sends only to rooms it joined) and get their own copies; those are read but not counted.
 
 use crate::load_client::{field_after, raise_open_files_limit};
-use crate::measure::{machine_busy_seconds, now_micros, process_cpu_seconds, Histogram};
+use crate::measure::{ms, now_micros, wall_micros, CpuSplit, Histogram};
 use crate::socketio_client::{SioSocket, SioWriter};
-use crate::stack::{durable, gateway_pids, BENCH_GATEWAY_ENV};
+use crate::stack::{durable, BENCH_GATEWAY_ENV};
+use crate::stack_report::{cdc_events, print_logs, process_groups, relay_latency, RelayLatency};
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use realtime_tests::{http_get, token, Postgres, Stack};
+use realtime_tests::{token, Postgres, Stack};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 const ROOM: &str = "bench-chat";
-const RELAY_METRIC: &str = "realtime_message_latency_seconds";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -84,21 +84,6 @@ pub struct Args {
     /// Run every rate, not only up to the second unsustained one in a row.
     #[arg(long)]
     all_rates: bool,
-}
-
-/// Microseconds since the Unix epoch (Postgres' clock: the same machine).
-fn wall_micros() -> u64 {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-    since.map_or(0, |d| d.as_micros() as u64)
-}
-
-/// A latency for the tables; the histograms put everything from 10 s up in their last bucket.
-fn ms(value: f64) -> String {
-    if value >= 10_000.0 {
-        "≥ 10 s".into()
-    } else {
-        format!("{value:.1} ms")
-    }
 }
 
 /// What the sockets' readers record for one rate (or the warm-up): message `n` of the run is at
@@ -589,7 +574,7 @@ async fn measure_rate(
     let count = rate * args.seconds;
     let relay_before = relay_latency(stack).await;
     let cdc_before = cdc_events(stack).await;
-    let cpu = CpuGroups::start(process_groups(stack).await);
+    let cpu = CpuSplit::start(process_groups(stack).await);
     let tally = send_and_drain(clients, args, base, count, rate).await?;
     let first_send = tally.sent.first().map_or(0, |t| t.load(Ordering::Relaxed));
     let cpu = cpu.report();
@@ -691,236 +676,4 @@ fn time_columns(tally: &Tally, relay: &RelayLatency, cdc_events: f64) -> String 
         pair(&tally.delivery_latency),
         relay.describe()
     )
-}
-
-/// The gateways' `realtime_message_latency_seconds` histograms summed: cumulative counts per
-/// bucket upper bound (seconds), and the sum of the observations (seconds).
-#[derive(Default)]
-struct RelayLatency {
-    buckets: Vec<(f64, f64)>,
-    sum: f64,
-}
-
-async fn relay_latency(stack: &Stack) -> RelayLatency {
-    let mut total = RelayLatency::default();
-    for gateway in &stack.gateways {
-        let Some((_, body)) = http_get(gateway.port, "/metrics").await else {
-            continue;
-        };
-        let mut bucket = 0;
-        for line in body.lines() {
-            let Some(rest) = line.strip_prefix(RELAY_METRIC) else {
-                continue;
-            };
-            let value = |text: &str| text.trim().parse::<f64>().unwrap_or(0.0);
-            if let Some((le, count)) = rest
-                .strip_prefix("_bucket{le=\"")
-                .and_then(|rest| rest.split_once("\"}"))
-            {
-                let le = le.parse().unwrap_or(f64::INFINITY);
-                if total.buckets.len() <= bucket {
-                    total.buckets.push((le, 0.0));
-                }
-                total.buckets[bucket].1 += value(count);
-                bucket += 1;
-            } else if let Some(sum) = rest.strip_prefix("_sum ") {
-                total.sum += value(sum);
-            }
-        }
-    }
-    total
-}
-
-impl RelayLatency {
-    /// The observations since `before`.
-    fn since(&self, before: &RelayLatency) -> RelayLatency {
-        let earlier = |i: usize| before.buckets.get(i).map_or(0.0, |b| b.1);
-        RelayLatency {
-            buckets: (self.buckets.iter().enumerate())
-                .map(|(i, &(le, count))| (le, count - earlier(i)))
-                .collect(),
-            sum: self.sum - before.sum,
-        }
-    }
-
-    /// `mean 3.1 ms, p50 ≤ 5 ms, p99 ≤ 50 ms (n = 2,000)`.
-    fn describe(&self) -> String {
-        let count = self.buckets.last().map_or(0.0, |b| b.1);
-        if count == 0.0 {
-            return "no observations".into();
-        }
-        let bound = |q: f64| match self.buckets.iter().find(|b| b.1 >= q * count) {
-            Some(&(le, _)) if le.is_finite() => format!("≤ {} ms", le * 1000.0),
-            _ => {
-                let top = self.buckets.iter().rev().find(|b| b.0.is_finite());
-                format!("> {} ms", top.map_or(0.0, |b| b.0 * 1000.0))
-            }
-        };
-        format!(
-            "mean {:.1} ms, p50 {}, p99 {} (n = {count})",
-            self.sum / count * 1000.0,
-            bound(0.5),
-            bound(0.99)
-        )
-    }
-}
-
-/// The CDC's `realtime_cdc_events_published_total`.
-async fn cdc_events(stack: &Stack) -> f64 {
-    let Some((_, body)) = http_get(stack.cdc.http_port, "/metrics").await else {
-        return f64::NAN;
-    };
-    body.lines()
-        .find_map(|line| line.strip_prefix("realtime_cdc_events_published_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// (pid, parent pid, command line) of every process.
-fn processes() -> Vec<(u32, u32, Vec<String>)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let parent = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let argv = String::from_utf8_lossy(&cmdline)
-                .split('\0')
-                .map(str::to_string)
-                .collect();
-            Some((pid, parent, argv))
-        })
-        .collect()
-}
-
-/// The stack's processes by role: each gateway; the CDC and nats-server (children of this
-/// process); Postgres (its postmaster, from `postmaster.pid`, and the postmaster's children).
-async fn process_groups(stack: &Stack) -> Vec<(String, Vec<u32>)> {
-    let mut groups: Vec<(String, Vec<u32>)> = gateway_pids(stack)
-        .into_iter()
-        .map(|(label, pid)| (label, vec![pid]))
-        .collect();
-    let all = processes();
-    let me = std::process::id();
-    let children = |matches: &dyn Fn(&[String]) -> bool| -> Vec<u32> {
-        (all.iter())
-            .filter(|(_, parent, argv)| *parent == me && matches(argv))
-            .map(|(pid, _, _)| *pid)
-            .collect()
-    };
-    groups.push((
-        "CDC".into(),
-        children(&|argv| {
-            argv[0].ends_with("nself-realtime") && argv.get(1).is_some_and(|a| a == "cdc")
-        }),
-    ));
-    groups.push((
-        "NATS".into(),
-        children(&|argv| argv[0].ends_with("nats-server")),
-    ));
-    let data_directory: Option<String> = match stack
-        .db
-        .connect()
-        .await
-        .query_one(
-            "SELECT setting FROM pg_settings WHERE name = 'data_directory'",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => Some(row.get(0)),
-        Err(_) => None,
-    };
-    let postmaster: Option<u32> = data_directory
-        .and_then(|dir| std::fs::read_to_string(format!("{dir}/postmaster.pid")).ok())
-        .and_then(|text| text.lines().next()?.trim().parse().ok());
-    if let Some(postmaster) = postmaster {
-        let mut pids = vec![postmaster];
-        pids.extend(
-            (all.iter())
-                .filter(|(_, parent, _)| *parent == postmaster)
-                .map(|(pid, _, _)| *pid),
-        );
-        groups.push(("Postgres".into(), pids));
-    }
-    groups.retain(|(_, pids)| !pids.is_empty());
-    groups
-}
-
-/// CPU use of groups of processes over a window, as shares of one core; this process is added
-/// as "load generator", the rest of the machine's busy time as "other".
-struct CpuGroups {
-    wall: Instant,
-    machine: f64,
-    /// (label, [(pid, CPU seconds at the start)]).
-    groups: Vec<(String, Vec<(u32, f64)>)>,
-}
-
-impl CpuGroups {
-    fn start(mut groups: Vec<(String, Vec<u32>)>) -> CpuGroups {
-        groups.push(("load generator".into(), vec![std::process::id()]));
-        let with_start = |pids: Vec<u32>| -> Vec<(u32, f64)> {
-            pids.into_iter()
-                .map(|pid| (pid, process_cpu_seconds(pid)))
-                .collect()
-        };
-        CpuGroups {
-            wall: Instant::now(),
-            machine: machine_busy_seconds(),
-            groups: (groups.into_iter())
-                .map(|(label, pids)| (label, with_start(pids)))
-                .collect(),
-        }
-    }
-
-    /// `gateway 0 40 %, gateway 1 41 %, CDC 9 %, NATS 4 %, Postgres 35 %, load generator 30 %,
-    /// other 5 %, machine 164 % of 200 %`.
-    fn report(&self) -> String {
-        let wall = self.wall.elapsed().as_secs_f64();
-        let machine = machine_busy_seconds() - self.machine;
-        let mut named = 0.0;
-        let mut parts: Vec<String> = (self.groups.iter())
-            .map(|(label, pids)| {
-                // A process that exited meanwhile (a Postgres backend) counts as "other".
-                let used: f64 = (pids.iter())
-                    .map(|&(pid, start)| (process_cpu_seconds(pid) - start).max(0.0))
-                    .sum();
-                named += used;
-                format!("{label} {:.0} %", 100.0 * used / wall)
-            })
-            .collect();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        parts.push(format!(
-            "other {:.0} %",
-            100.0 * (machine - named).max(0.0) / wall
-        ));
-        parts.push(format!(
-            "machine {:.0} % of {} %",
-            100.0 * machine / wall,
-            cores * 100
-        ));
-        parts.join(", ")
-    }
-}
-
-/// The last lines of each gateway's and the CDC's log, to tell why something failed.
-fn print_logs(stack: &Stack) {
-    let logs = (stack.gateways.iter().enumerate())
-        .map(|(i, g)| (format!("gateway {i}"), g.log()))
-        .chain([("CDC".to_string(), stack.cdc.log())]);
-    for (label, log) in logs {
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        for line in tail.into_iter().rev() {
-            println!("  {label} log: {line}");
-        }
-    }
 }

@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         |i| presence_join(&format!("m{i}")),
     )
     .await?;
-    let cpu = CpuSplit::start(gateway_pids(&stack));
+    let cpu = CpuSplit::of_processes(gateway_pids(&stack));
     // Member i tracks at start + i / rate, then reads (and drops) what it is sent, as a client
     // would.
     let start = tokio::time::Instant::now() + Duration::from_millis(100);

@@ -554,7 +554,7 @@ async fn measure_rate(
     room.errors.store(0, Ordering::Relaxed);
     let messages = rate * args.seconds;
     let expected = messages * args.subscribers as u64;
-    let cpu = CpuSplit::start(pids.to_vec());
+    let cpu = CpuSplit::of_processes(pids.to_vec());
     let server_cpu = || -> f64 { pids.iter().map(|(_, pid)| process_cpu_seconds(*pid)).sum() };
     let server_cpu_start = server_cpu();
     let first_send = now_micros();
