@@ -16,12 +16,46 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use nself_realtime_shared::bus::control::cdc_health_subject;
+use nself_realtime_shared::bus::Broker;
 use nself_realtime_shared::lsn::Lsn;
 use nself_realtime_shared::metrics;
 use nself_realtime_shared::postgres_tls::Database;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Answers the operators' `health` requests on the bus ([`cdc_health_subject`]) with the
+/// `/health` document and an `id` telling this process from the other CDCs of the slot, until
+/// the bus ends. This is how a gateway's cluster view learns the CDC's role, lag and health
+/// without reaching its HTTP port.
+pub async fn serve_bus(health: Arc<HealthState>, broker: Arc<dyn Broker>) {
+    let subject = cdc_health_subject();
+    let mut requests = match broker.subscribe(&subject).await {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::warn!(subject, error = %e, "the CDC's health is not reachable over the bus");
+            return;
+        }
+    };
+    let id = format!("{}:{}", health.slot, std::process::id());
+    while let Some(message) = futures::StreamExt::next(&mut requests).await {
+        let reply = serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|request| request["reply"].as_str().map(str::to_string));
+        let Some(reply) = reply else {
+            tracing::debug!("ignoring a malformed health request");
+            continue;
+        };
+        let (healthy, mut body) = health.report().await;
+        body["id"] = json!(id);
+        body["healthy"] = json!(healthy);
+        let payload = bytes::Bytes::from(body.to_string());
+        if let Err(e) = broker.publish(&reply, payload).await {
+            tracing::debug!(error = %e, "cannot answer a health request");
+        }
+    }
+}
 
 /// Which part this process plays for the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -206,6 +206,7 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
         metrics.clone(),
         health.watch_role(),
     ));
+    let health_task = tokio::spawn(health::serve_bus(health.clone(), bus.broker()));
     let partitions_task = tokio::spawn(partitions::run(
         config.database.clone(),
         config.message_retention,
@@ -236,6 +237,8 @@ pub async fn run(config: CdcConfig, shutdown: impl Future<Output = ()>) -> Resul
     let _ = notify_task.await;
     partitions_task.abort();
     let _ = partitions_task.await;
+    health_task.abort();
+    let _ = health_task.await;
     let _ = http_task.await;
     let _ = wire_task.await;
     bus.flush().await;

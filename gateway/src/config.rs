@@ -82,6 +82,23 @@ pub struct GatewayConfig {
     /// `REALTIME_TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For` (behind a
     /// proxy that sets it), else from the TCP peer.
     pub trust_forwarded_for: bool,
+    /// What `nself-realtime up` printed, for its inspector to offer on loopback (`None` for a
+    /// gateway started on its own).
+    pub welcome: Option<Welcome>,
+}
+
+/// The keys and addresses `nself-realtime up` prints, which its inspector offers to a browser on
+/// the same machine so that a newcomer need not copy them from the terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub anon_key: String,
+    pub service_key: String,
+    /// A token of the demo user (`sub` demo-user).
+    pub demo_token: String,
+    /// The local Postgres (no password: `up`'s cluster trusts local connections).
+    pub postgres_url: String,
+    /// The CDC's Postgres-wire endpoint.
+    pub cdc_url: String,
 }
 
 /// Limits and switches of the nself API (seeds 000–004).

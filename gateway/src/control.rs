@@ -13,6 +13,10 @@
 //!   body, answered by the gateway that receives it (the way in for `up`, or with no NATS
 //!   access).
 //!
+//! `cluster` (the inspector's cluster view) is itself a scatter-gather: the gateway asked
+//! gathers every gateway's `stats` and every CDC's health document
+//! ([`nself_realtime_shared::bus::control`]), so one HTTP request shows the whole system.
+//!
 //! Connections and counters are per gateway (the asker sums them); presence is read from the
 //! shared store, so any one gateway's answer covers every gateway. `presence track` makes the
 //! answering gateway own a presence entry for the user, refreshed like its connections' until
@@ -23,14 +27,16 @@ use crate::http_auth::{authenticate, refusal, Refusal};
 use crate::state::Gateway;
 use bytes::Bytes;
 use futures::StreamExt;
+use nself_realtime_shared::bus::control::{cdc_health_subject, gather, GatherWindow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The subject prefix of control requests.
-pub const CONTROL_PREFIX: &str = "realtime.control";
+pub use nself_realtime_shared::bus::control::CONTROL_PREFIX;
 
 /// A request to a gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +66,9 @@ pub enum Command {
         #[serde(default)]
         channel: Option<String>,
     },
+    /// The whole system as the bus reaches it: every gateway's `stats` and every CDC's health
+    /// (the inspector's cluster view).
+    Cluster,
 }
 
 fn online() -> String {
@@ -75,6 +84,7 @@ impl Command {
             Command::Presence { .. } => "presence",
             Command::Track { .. } => "track",
             Command::Offline { .. } => "offline",
+            Command::Cluster => "cluster",
         }
     }
 }
@@ -148,6 +158,7 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
                 json!({ "user": user, "channel": channel, "status": status, "gateway": gateway_id(gateway) }),
             )
         }
+        Command::Cluster => cluster(gateway).await,
         Command::Offline { user, channel } => {
             let channels: Vec<String> = match channel {
                 Some(channel) => vec![channel],
@@ -176,6 +187,33 @@ pub async fn answer(gateway: &Arc<Gateway>, command: Command) -> Result<Value, C
             Ok(json!({ "user": user, "channels": channels }))
         }
     }
+}
+
+/// How long the cluster view waits for answers: 150 ms after the last one, 1 s in all.
+const CLUSTER_WINDOW: GatherWindow = GatherWindow {
+    quiet: Duration::from_millis(150),
+    limit: Duration::from_secs(1),
+};
+
+/// Every gateway's `stats` (this one's included, through the bus like the others) and every
+/// CDC's health document, sorted by id so that a view refreshing them keeps its order.
+async fn cluster(gateway: &Arc<Gateway>) -> Result<Value, ControlError> {
+    let stats = Map::from_iter([("command".to_string(), json!(Command::Stats))]);
+    let broker = gateway.broker.as_ref();
+    let (gateways_subject, cdc_subject) =
+        (format!("{CONTROL_PREFIX}.all.stats"), cdc_health_subject());
+    let (gateways, cdcs) = tokio::join!(
+        gather(broker, &gateways_subject, stats, CLUSTER_WINDOW),
+        gather(broker, &cdc_subject, Map::new(), CLUSTER_WINDOW),
+    );
+    let mut gateways: Vec<Value> = gateways?
+        .into_iter()
+        .filter_map(|answer| answer.get("result").cloned())
+        .collect();
+    gateways.sort_by_key(|g| g["gateway"].as_str().map(str::to_string));
+    let mut cdcs = cdcs?;
+    cdcs.sort_by_key(|c| c["id"].as_str().map(str::to_string));
+    Ok(json!({ "gateways": gateways, "cdc": cdcs }))
 }
 
 fn gateway_id(gateway: &Gateway) -> String {

@@ -23,6 +23,7 @@ pub mod envelope;
 pub mod event_log;
 pub mod history;
 pub mod http_auth;
+pub mod inspector;
 pub mod json_input;
 pub mod json_write;
 pub mod messages;

@@ -11,6 +11,7 @@
 //! | `POST /api/control` | the operators' API ([`crate::control`], `service_role` only) |
 //! | `GET /health`, `/health/ready`, `/health/live` | health JSON (readiness; liveness) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /`, `/inspector/*` | the inspector, a web page ([`crate::inspector`]) |
 //!
 //! Handlers are thin: they check the upgrade (connections per IP, the token it carries) and
 //! hand over to [`crate::phoenix`], [`crate::socketio`], [`crate::native`] or [`crate::rest`].
@@ -66,7 +67,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/health", get(health))
         .route("/health/ready", get(health))
         .route("/health/live", get(crate::starting::live))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::inspector::routes());
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
         router = router.layer(cors);
     }

@@ -52,7 +52,7 @@ fn no_crate_has_a_module_cycle() {
 /// layer (`auth` covers `auth::session`).
 const GATEWAY_LAYERS: &[&[&str]] = &[
     &["crate", "server"],
-    &["rest", "history", "control", "starting"],
+    &["rest", "history", "control", "starting", "inspector"],
     &["http_auth"],
     &[
         "phoenix",

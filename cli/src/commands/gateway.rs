@@ -253,6 +253,7 @@ impl GatewayArgs {
                 "REALTIME_TRUST_FORWARDED_FOR",
                 &self.trust_forwarded_for,
             )?,
+            welcome: None,
             nself: NselfLimits {
                 max_messages_per_minute: self.max_messages_per_minute,
                 max_presence_updates_per_minute: self.max_presence_updates_per_minute,

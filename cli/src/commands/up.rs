@@ -17,6 +17,7 @@ use anyhow::{anyhow, Context};
 use nself_realtime_cdc::bus::BusConfig;
 use nself_realtime_cdc::service::{self as cdc_service, CdcConfig, StartError};
 use nself_realtime_cdc::subscriptions::{self, Target};
+use nself_realtime_gateway::config::Welcome;
 use nself_realtime_gateway::state::{Backends, Gateway};
 use nself_realtime_local_postgres::LocalPostgres;
 use nself_realtime_shared::bus::{MemoryBroker, MemoryChangeLog, MemoryPresence};
@@ -132,8 +133,18 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     if gateway_args.cors_origin.is_none() {
         gateway_args.cors_origin = Some("*".into());
     }
-    let secret = gateway_args.jwt_secret.clone();
-    let (gateway_config, verifier, roles) = gateway_args.into_parts(database.clone())?;
+    let keys = gateway_args.jwt_secret.as_deref().map(Keys::mint);
+    let (mut gateway_config, verifier, roles) = gateway_args.into_parts(database.clone())?;
+    let shown_database = local
+        .as_ref()
+        .map_or_else(|| redact(&database_url), |l| l.url());
+    gateway_config.welcome = keys.as_ref().map(|keys| Welcome {
+        anon_key: keys.anon.clone(),
+        service_key: keys.service.clone(),
+        demo_token: keys.demo_user.clone(),
+        postgres_url: shown_database.clone(),
+        cdc_url: format!("postgres://127.0.0.1:{}", args.cdc_port),
+    });
 
     // The bus.
     let (backends, bus) = match &args.nats_url {
@@ -191,9 +202,8 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     print_banner(
         listen,
         &args.cdc_port,
-        secret.as_deref(),
-        local.as_ref(),
-        &database_url,
+        keys.as_ref(),
+        &shown_database,
         demo,
         json_output,
     );
@@ -222,12 +232,40 @@ pub async fn run(args: Args, json_output: bool) -> Result<(), CliError> {
     outcome
 }
 
+/// The tokens `up` prints (and its inspector offers), signed with its secret.
+struct Keys {
+    anon: String,
+    service: String,
+    /// The demo user's (sub demo-user, 24 h).
+    demo_user: String,
+}
+
+impl Keys {
+    fn mint(secret: &str) -> Keys {
+        let exp_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 24 * 3600;
+        let exp_day = time::OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
+        Keys {
+            anon: mint(
+                secret,
+                json!({"role": "anon", "iss": "nself-realtime", "exp": exp_year}),
+            ),
+            service: mint(
+                secret,
+                json!({"role": "service_role", "iss": "nself-realtime", "exp": exp_year}),
+            ),
+            demo_user: mint(
+                secret,
+                json!({"role": "authenticated", "sub": "demo-user", "iss": "nself-realtime", "exp": exp_day}),
+            ),
+        }
+    }
+}
+
 fn print_banner(
     listen: SocketAddr,
     cdc_port: &u16,
-    secret: Option<&str>,
-    local: Option<&LocalPostgres>,
-    database_url: &str,
+    keys: Option<&Keys>,
+    database: &str,
     demo: bool,
     json_output: bool,
 ) {
@@ -239,19 +277,11 @@ fn print_banner(
     let http = format!("http://{host}:{}", listen.port());
     let websocket = format!("ws://{host}:{}/realtime/v1/websocket", listen.port());
     let plain_websocket = format!("ws://{host}:{}/ws", listen.port());
-    let exp_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 24 * 3600;
-    let exp_day = time::OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
-    let tokens = secret.map(|secret| {
-        (
-            mint(secret, json!({"role": "anon", "iss": "nself-realtime", "exp": exp_year})),
-            mint(secret, json!({"role": "service_role", "iss": "nself-realtime", "exp": exp_year})),
-            mint(secret, json!({"role": "authenticated", "sub": "demo-user", "iss": "nself-realtime", "exp": exp_day})),
-        )
-    });
-    let database = local.map_or_else(|| redact(database_url), |l| l.url());
+    let tokens = keys.map(|k| (&k.anon, &k.service, &k.demo_user));
     if json_output {
         let mut out = Map::new();
         out.insert("url".into(), json!(http));
+        out.insert("inspector".into(), json!(format!("{http}/")));
         out.insert("websocket".into(), json!(websocket));
         out.insert("socket_io".into(), json!(http));
         out.insert("plain_websocket".into(), json!(plain_websocket));
@@ -266,6 +296,7 @@ fn print_banner(
         return;
     }
     println!("nself-realtime is up");
+    println!("  Inspector        {http}/   (open it in a browser)");
     println!("  Supabase URL     {http}   (createClient(url, anonKey))");
     println!("  WebSocket        {websocket}");
     println!(

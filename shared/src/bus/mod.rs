@@ -15,6 +15,7 @@
 
 mod broker;
 mod change_log;
+pub mod control;
 mod jetstream_change_log;
 mod kv_presence;
 mod memory_broker;
