@@ -24,14 +24,14 @@
 //! (`--all-rates` runs them all) or when a socket was closed.
 
 use crate::load_client::{field_after, raise_open_files_limit};
-use crate::measure::{ms, now_micros, CpuSplit, Histogram};
+use crate::measure::{ms, now_micros, Copies, CpuSplit, Histogram, RisingRates};
 use crate::rooms_policies::{add_members, install, user_token};
 use crate::stack::{open_joined, start_stack};
 use crate::stack_report::{print_logs, process_groups, relay_latency};
 use anyhow::{bail, Context};
 use realtime_tests::{token, Stack};
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,7 @@ struct Tally {
     base: u64,
     messages: usize,
     per_topic: usize,
-    copies: Vec<AtomicU8>,
+    copies: Copies,
     latency: Histogram,
     /// Issuing a send → its commit acknowledged to the writer (the durable COMMIT's share).
     committed: Histogram,
@@ -91,9 +91,7 @@ impl Tally {
             base,
             messages,
             per_topic,
-            copies: (0..messages * per_topic)
-                .map(|_| AtomicU8::new(0))
-                .collect(),
+            copies: Copies::new(messages * per_topic),
             latency: Histogram::new(),
             committed: Histogram::new(),
             deliveries: AtomicU64::new(0),
@@ -122,23 +120,13 @@ impl Tally {
             return;
         };
         self.latency.record(now.saturating_sub(sent));
-        self.copies[index as usize * self.per_topic + slot].fetch_add(1, Ordering::Relaxed);
+        self.copies.add(index as usize * self.per_topic + slot);
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.last_delivery.fetch_max(now, Ordering::Relaxed);
     }
 
     fn expected(&self) -> u64 {
         (self.messages * self.per_topic) as u64
-    }
-
-    /// (subscriber-message pairs with no copy, extra copies).
-    fn missing_and_duplicates(&self) -> (u64, u64) {
-        self.copies.iter().fold((0, 0), |(missing, extra), c| {
-            match c.load(Ordering::Relaxed) {
-                0 => (missing + 1, extra),
-                n => (missing, extra + n as u64 - 1),
-            }
-        })
     }
 }
 
@@ -264,16 +252,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("{HEADER}");
     let mut rows: Vec<Row> = Vec::new();
     let mut base = args.topics as u64;
-    let mut misses = 0;
+    let mut rising = RisingRates::new(args.all_rates);
     for &rate in &args.rates {
         let row = measure_rate(&stack, &load, &args, base, rate).await?;
         base += row.messages;
         println!("{}", row.line(args.p99_limit_ms));
-        misses = if row.sustained(args.p99_limit_ms) {
-            0
-        } else {
-            misses + 1
-        };
+        let go_on = rising.go_on(row.sustained(args.p99_limit_ms));
         rows.push(row);
         let closed = load.closed.load(Ordering::Relaxed);
         if closed > 0 {
@@ -281,8 +265,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             print_logs(&stack);
             break;
         }
-        if misses >= 2 && !args.all_rates {
-            println!("  two unsustained rates in a row: stopping (--all-rates runs them all)");
+        if !go_on {
             break;
         }
     }
@@ -467,7 +450,7 @@ async fn measure_rate(
         }
         seen = now;
     }
-    let (missing, duplicates) = tally.missing_and_duplicates();
+    let (missing, duplicates) = tally.copies.missing_and_duplicates();
     let stored: i64 = stack
         .db
         .connect()

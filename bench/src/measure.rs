@@ -2,7 +2,7 @@
 //! receiving tasks record into, a shared clock in microseconds, and the CPU time and memory of
 //! processes read from /proc (to report how the machine's cores were split).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -75,6 +75,54 @@ impl Histogram {
             }
         }
         f64::INFINITY
+    }
+}
+
+/// How many copies of each message each of its subscribers got, to check delivery is exactly
+/// once: one counter per (message, subscriber) pair, indexed as the scenario lays them out.
+pub struct Copies(Vec<AtomicU8>);
+
+impl Copies {
+    pub fn new(pairs: usize) -> Copies {
+        Copies((0..pairs).map(|_| AtomicU8::new(0)).collect())
+    }
+
+    /// One more copy for pair `at`.
+    pub fn add(&self, at: usize) {
+        self.0[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (pairs with no copy, extra copies).
+    pub fn missing_and_duplicates(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(missing, extra), c| {
+            match c.load(Ordering::Relaxed) {
+                0 => (missing + 1, extra),
+                n => (missing, extra + n as u64 - 1),
+            }
+        })
+    }
+}
+
+/// When a run of rising rates stops: after two unsustained rates in a row, unless every rate
+/// is asked for.
+pub struct RisingRates {
+    all: bool,
+    misses: u32,
+}
+
+impl RisingRates {
+    pub fn new(all: bool) -> RisingRates {
+        RisingRates { all, misses: 0 }
+    }
+
+    /// Notes whether the rate just measured was sustained; false when the run should stop.
+    pub fn go_on(&mut self, sustained: bool) -> bool {
+        self.misses = if sustained { 0 } else { self.misses + 1 };
+        if self.misses >= 2 && !self.all {
+            println!("  two unsustained rates in a row: stopping (--all-rates runs them all)");
+            return false;
+        }
+        true
     }
 }
 

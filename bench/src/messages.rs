@@ -45,7 +45,7 @@
 //! sends only to rooms it joined) and get their own copies; those are read but not counted.
 
 use crate::load_client::{field_after, raise_open_files_limit};
-use crate::measure::{ms, now_micros, wall_micros, CpuSplit, Histogram};
+use crate::measure::{ms, now_micros, wall_micros, Copies, CpuSplit, Histogram, RisingRates};
 use crate::socketio_client::{SioSocket, SioWriter};
 use crate::stack::{durable, BENCH_GATEWAY_ENV};
 use crate::stack_report::{cdc_events, print_logs, process_groups, relay_latency, RelayLatency};
@@ -53,7 +53,7 @@ use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use realtime_tests::{token, Postgres, Stack};
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
@@ -101,7 +101,7 @@ struct Tally {
     first: Vec<AtomicU64>,
     last: Vec<AtomicU64>,
     /// Copies of each message each subscriber got, at `subscriber * messages + index`.
-    copies: Vec<AtomicU8>,
+    copies: Copies,
     ack_latency: Histogram,
     /// The ack latency in two: send → transaction start, transaction start → ack.
     to_begin: Histogram,
@@ -130,9 +130,7 @@ impl Tally {
             sent_wall: atomics(messages, 0),
             first: atomics(messages, u64::MAX),
             last: atomics(messages, 0),
-            copies: (0..messages * subscribers)
-                .map(|_| AtomicU8::new(0))
-                .collect(),
+            copies: Copies::new(messages * subscribers),
             ack_latency: Histogram::new(),
             to_begin: Histogram::new(),
             begin_to_ack: Histogram::new(),
@@ -166,7 +164,7 @@ impl Tally {
             return;
         };
         self.delivery_latency.record(now.saturating_sub(sent));
-        self.copies[subscriber * self.messages + index].fetch_add(1, Ordering::Relaxed);
+        self.copies.add(subscriber * self.messages + index);
         self.first[index].fetch_min(now, Ordering::Relaxed);
         self.last[index].fetch_max(now, Ordering::Relaxed);
         self.deliveries.fetch_add(1, Ordering::Relaxed);
@@ -240,16 +238,6 @@ impl Tally {
             + self.deliveries.load(Ordering::Relaxed)
             + self.stray.load(Ordering::Relaxed)
             + self.errors()
-    }
-
-    /// (subscriber-message pairs with no copy, extra copies).
-    fn missing_and_duplicates(&self) -> (u64, u64) {
-        self.copies.iter().fold((0, 0), |(missing, extra), c| {
-            match c.load(Ordering::Relaxed) {
-                0 => (missing + 1, extra),
-                n => (missing, extra + n as u64 - 1),
-            }
-        })
     }
 }
 
@@ -414,17 +402,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("{HEADER}");
     let mut rows: Vec<Row> = Vec::new();
     let mut base = args.publishers as u64;
-    let mut misses = 0;
+    let mut rising = RisingRates::new(args.all_rates);
     for &rate in &args.rates {
         let row = measure_rate(&stack, &clients, &args, base, rate).await?;
         base += row.messages as u64;
         println!("{}", row.line(args.p99_limit_ms));
         println!("  where the time goes: {}", row.time);
-        misses = if row.sustained(args.p99_limit_ms) {
-            0
-        } else {
-            misses + 1
-        };
+        let go_on = rising.go_on(row.sustained(args.p99_limit_ms));
         rows.push(row);
         let closed = clients.closed.load(Ordering::Relaxed);
         if closed > 0 {
@@ -434,8 +418,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             print_logs(&stack);
             break;
         }
-        if misses >= 2 && !args.all_rates {
-            println!("  two unsustained rates in a row: stopping (--all-rates runs them all)");
+        if !go_on {
             break;
         }
     }
@@ -594,7 +577,7 @@ async fn measure_rate(
         }
         seen = now;
     }
-    let (missing, duplicates) = tally.missing_and_duplicates();
+    let (missing, duplicates) = tally.copies.missing_and_duplicates();
     let stored: i64 = stack
         .db
         .connect()
