@@ -131,3 +131,35 @@ async fn up_from_nothing_serves_changes_and_stops_everything() {
     let change = demo.expect(|f| f.event == "postgres_changes").await.payload;
     assert_eq!(change["data"]["record"]["task"], "again", "{change}");
 }
+
+/// The inspector under `up`, in a real browser (`tests/js/browser/inspector_up.mjs`): it offers
+/// the demo user token on loopback, and every snippet of its "Get started" screen runs as shown.
+#[tokio::test]
+async fn the_inspector_under_up_offers_its_keys_and_its_snippets_run() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let node22 = js.join("node22/node_modules/.bin/node");
+    assert!(
+        js.join("browser/node_modules/playwright-core").exists() && node22.exists(),
+        "run `npm ci` in tests/js, tests/js/node22 and tests/js/browser (scripts/test does)"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("nself-realtime-up-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (_up, port, _) = start_up(dir.path()).await;
+    let mut node = std::process::Command::new("node");
+    node.args(["--test", "--test-reporter=spec", "browser/inspector_up.mjs"])
+        .current_dir(&js)
+        .env("INSPECTOR_URL", format!("http://127.0.0.1:{port}"))
+        .env("NODE22", &node22);
+    let output = tokio::task::spawn_blocking(move || node.output())
+        .await
+        .unwrap()
+        .expect("run node");
+    println!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the inspector under up failed");
+}
