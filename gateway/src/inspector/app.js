@@ -146,10 +146,11 @@ function setConnected(connected) {
 function receive(frame) {
   const { topic, event, payload, ref } = frame
   if (event === 'phx_reply' && state.pending.has(ref)) {
+    // The request that waits for this reply reports it.
     const resolve = state.pending.get(ref)
     state.pending.delete(ref)
     resolve(payload)
-    if (topic === 'phoenix') return
+    return
   }
   if (topic === 'phoenix') return
   const channel = state.channels.get(topic)

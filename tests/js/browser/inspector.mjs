@@ -132,6 +132,18 @@ test('the events table can be filtered, paused and expanded, and shows markup as
   await page.close()
 })
 
+test('a refused join is shown with the reason the gateway gave', async () => {
+  const { page, problems } = await inspector(tokens.alice)
+  await page.fill('#join-name', 'inspect:secret')
+  await page.check('#join-private')
+  await page.click('#join-button')
+  const row = await eventRow(page, 'join refused')
+  assert.match(row, /Unauthorized: You do not have permissions to read from this Channel topic: inspect:secret/)
+  assert.equal(await page.locator('#joined .chip').count(), 0)
+  assert.deepEqual(problems, [])
+  await page.close()
+})
+
 test('presence tracked from the page lists its members and reaches supabase-js', async () => {
   const { page, problems } = await inspector(tokens.alice)
   await page.fill('#join-key', 'alice-inspector')
