@@ -15,7 +15,8 @@
 //!
 //! [`DbFigures`] is shared with `status`.
 
-use super::live::{Gateways, LiveArgs, OptionalDatabase};
+use super::database::OptionalDatabase;
+use super::live::{Gateways, LiveArgs};
 use super::presence;
 use super::{query_failed, thousands};
 use crate::exit::CliError;
