@@ -160,22 +160,15 @@ impl LiveArgs {
         if let Some(key) = self.service_key.as_deref().filter(|k| !k.trim().is_empty()) {
             return Ok(key.trim().to_string());
         }
-        let kept = self.dir.join("jwt_secret");
-        let secret = match self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
-            Some(secret) => secret.to_string(),
-            None => match std::fs::read_to_string(&kept) {
-                Ok(secret) if !secret.trim().is_empty() => secret.trim().to_string(),
-                _ => {
-                    return Err(Problem::Usage(anyhow!(
-                        "no JWT secret to sign a service_role token with: set REALTIME_JWT_SECRET to the gateways' secret (or run where `nself-realtime up` keeps {})",
-                        kept.display()
-                    )))
-                }
-            },
+        let Some(secret) = super::secret::find_secret(self.jwt_secret.as_deref(), &self.dir) else {
+            return Err(Problem::Usage(anyhow!(
+                "no JWT secret to sign a service_role token with: set REALTIME_JWT_SECRET to the gateways' secret (or run where `nself-realtime up` keeps {})",
+                self.dir.join("jwt_secret").display()
+            )));
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        Ok(super::token::mint(
-            &secret,
+        Ok(super::secret::mint(
+            &secret.value,
             json!({"role": "service_role", "iss": "nself-realtime", "iat": now, "exp": now + TOKEN_SECONDS}),
         ))
     }

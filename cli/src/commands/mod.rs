@@ -24,6 +24,7 @@ pub mod live;
 pub mod messages;
 pub mod postgres;
 pub mod presence;
+pub mod secret;
 pub mod service;
 pub mod stats;
 pub mod status;
