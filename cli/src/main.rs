@@ -54,7 +54,8 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    /// Log level (error, warn, info, debug, trace, off) or a tracing filter such as
+    /// info,nself_realtime_gateway=debug.
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log format: pretty or json.
