@@ -6,6 +6,7 @@
 //! subcommand lives in `commands/` and calls into the libraries.
 
 mod commands;
+mod env_check;
 mod exit;
 mod logging;
 
@@ -50,7 +51,7 @@ mod tests {
     version,
     about = "Realtime for Postgres apps: database changes, broadcast and presence over WebSockets"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -173,6 +174,12 @@ fn main() -> std::process::ExitCode {
     };
     if let Err(e) = logging::init(&cli.log_level, &cli.log_format) {
         return e.report();
+    }
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Gateway(_) | Command::Cdc(_)
+    ) {
+        env_check::warn_unknown(&Cli::command());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
