@@ -63,17 +63,21 @@ fn bookkeeping(e: tokio_postgres::Error) -> MigrationError {
 
 /// Applies every migration not yet recorded; returns the names of those applied now.
 pub async fn apply(client: &mut Client) -> Result<Vec<&'static str>, MigrationError> {
-    client
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS realtime;
-             CREATE TABLE IF NOT EXISTS realtime.schema_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             );",
-        )
-        .await
-        .map_err(bookkeeping)?;
+    // `IF NOT EXISTS` logs a NOTICE ("already exists, skipping") for each object on every run
+    // after the first: noise in the output of every `init` and `up`.
+    let tx = client.transaction().await.map_err(bookkeeping)?;
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE SCHEMA IF NOT EXISTS realtime;
+         CREATE TABLE IF NOT EXISTS realtime.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .map_err(bookkeeping)?;
+    tx.commit().await.map_err(bookkeeping)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await

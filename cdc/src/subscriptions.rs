@@ -316,6 +316,8 @@ pub enum SubscriptionError {
     NoReplicaIdentity(Vec<Target>),
     #[error("{0} is not subscribed (SHOW SUBSCRIPTIONS lists what is)")]
     NotSubscribed(String),
+    #[error("{0} is not published, so none of its changes reach a listener: publish it with SUBSCRIBE {0} (nself-realtime subscribe {0})")]
+    NotPublished(String),
     #[error("no operations given: subscribe to at least one of INSERT, UPDATE, DELETE, TRUNCATE")]
     NoOperations,
     #[error("subscribing to a whole schema ({target}) needs PostgreSQL 15 or newer (this server is {version}): subscribe to its tables one by one")]
@@ -353,6 +355,7 @@ impl SubscriptionError {
             SubscriptionError::NotATable { .. } => "42809".into(),
             SubscriptionError::NoReplicaIdentity(_) => "55000".into(),
             SubscriptionError::NotSubscribed(_) => "42704".into(),
+            SubscriptionError::NotPublished(_) => "55000".into(),
             SubscriptionError::NoOperations => "22023".into(),
             SubscriptionError::SchemaNeedsPostgres15 { .. } => "0A000".into(),
             SubscriptionError::NotInitialised => "55000".into(),
@@ -682,6 +685,50 @@ pub async fn unsubscribe(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether changes of `target` can reach a listener: it exists, is a table (or a schema), and
+/// one of the CDC's publications holds it (a schema: at least one of its tables), however it
+/// got there (`SUBSCRIBE`, or `ALTER PUBLICATION` by hand). The error says which is not so.
+pub async fn check_published(
+    client: &impl GenericClient,
+    base_publication: &str,
+    target: &Target,
+) -> Result<(), SubscriptionError> {
+    let schema_oid = schema_oid(client, &target.schema)
+        .await?
+        .ok_or_else(|| SubscriptionError::SchemaNotFound(target.schema.clone()))?;
+    if let Some(table) = &target.table {
+        let found = tables(client, schema_oid, Some(table)).await?;
+        let (_, info) = found
+            .first()
+            .ok_or_else(|| SubscriptionError::TableNotFound(target.to_string()))?;
+        if !matches!(info.kind.as_str(), "r" | "p") {
+            return Err(SubscriptionError::NotATable {
+                name: target.to_string(),
+                kind: relkind_name(&info.kind),
+            });
+        }
+    }
+    let names: Vec<String> = publications::all(base_publication)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    // Publications publish partitioned tables as their root, so a root is listed here.
+    let published: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                             WHERE pubname = ANY($1) AND schemaname = $2
+                               AND ($3::text IS NULL OR tablename = $3::text))",
+            &[&names, &target.schema, &target.table],
+        )
+        .await?
+        .get(0);
+    if published {
+        Ok(())
+    } else {
+        Err(SubscriptionError::NotPublished(target.to_string()))
+    }
 }
 
 /// Every subscription, ordered by schema then table (a schema's `*` first).

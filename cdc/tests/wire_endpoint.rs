@@ -720,6 +720,51 @@ async fn extended_protocol_and_other_sql_get_clear_errors() {
     assert!(cli.run("").await.unwrap().is_empty());
 }
 
+/// LISTEN on a table that does not exist, or that no publication holds, succeeds as in
+/// Postgres but comes with a WARNING saying why nothing will arrive; psql prints it.
+#[tokio::test]
+async fn a_listen_that_can_receive_nothing_gets_a_warning() {
+    let endpoint = Endpoint::start(None).await;
+    endpoint
+        .admin
+        .batch_execute(
+            "CREATE TABLE public.users (id int PRIMARY KEY);
+             CREATE TABLE public.drafts (id int PRIMARY KEY);",
+        )
+        .await
+        .unwrap();
+    let port = endpoint.port.to_string();
+    let output = tokio::process::Command::new(Postgres::shared().bin("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+        ])
+        .args(["-U", "realtime", "-d", "realtime"])
+        .args(["-c", "SUBSCRIBE public.users"])
+        .args(["-c", r#"LISTEN "public.nosuch""#])
+        .args(["-c", r#"LISTEN "public.drafts""#])
+        .args(["-c", r#"LISTEN "public.users""#])
+        .args(["-c", "LISTEN public.*"])
+        .args(["-c", "LISTEN nosuch.*"])
+        .env("PGSSLMODE", "disable")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let output = tokio::time::timeout(LIMIT, output).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "psql failed: {stderr}");
+    assert_eq!(
+        stderr,
+        "WARNING:  LISTEN public.nosuch: table public.nosuch does not exist: check the name (unquoted names are folded to lower case; quote mixed-case ones, as in public.\"Users\")\n\
+         WARNING:  LISTEN public.drafts: public.drafts is not published, so none of its changes reach a listener: publish it with SUBSCRIBE public.drafts (nself-realtime subscribe public.drafts)\n\
+         WARNING:  LISTEN nosuch.*: schema \"nosuch\" does not exist: check the name (unquoted names are folded to lower case; quote mixed-case ones)\n"
+    );
+}
+
 #[tokio::test]
 async fn psql_can_subscribe_and_show_subscriptions() {
     let endpoint = Endpoint::start(Some("psql-pass")).await;

@@ -6,10 +6,12 @@
 //! subcommand lives in `commands/` and calls into the libraries.
 
 mod commands;
+mod env_check;
 mod exit;
 mod logging;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 use exit::CliError;
 
 /// mimalloc instead of glibc's allocator: profiling the CDC at full speed showed about a third of
@@ -19,7 +21,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[cfg(test)]
 mod tests {
-    use super::one_line_usage_error;
+    use super::{help_of, one_line_usage_error};
+
+    #[test]
+    fn a_group_without_its_subcommand_gets_its_help() {
+        let help = help_of("nself-realtime channel").unwrap();
+        assert!(
+            help.contains("Usage: nself-realtime channel [OPTIONS] <COMMAND>"),
+            "{help}"
+        );
+        assert!(help.contains("\n  create "), "{help}");
+        assert!(help_of("nself-realtime nosuch").is_none());
+        assert!(help_of("nself-realtime").unwrap().contains("Commands:"));
+    }
 
     #[test]
     fn clap_errors_become_one_line() {
@@ -37,11 +51,12 @@ mod tests {
     version,
     about = "Realtime for Postgres apps: database changes, broadcast and presence over WebSockets"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    /// Log level (error, warn, info, debug, trace, off) or a tracing filter such as
+    /// info,nself_realtime_gateway=debug.
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log format: pretty or json.
@@ -121,21 +136,50 @@ fn one_line_usage_error(rendered: &str) -> String {
     line
 }
 
+/// The help of the command `path` names (`nself-realtime channel`), as `--help` prints it.
+fn help_of(path: &str) -> Option<String> {
+    let mut command = Cli::command();
+    command.build();
+    let mut current = &command;
+    for name in path.split_whitespace().skip(1) {
+        current = current.find_subcommand(name)?;
+    }
+    Some(current.clone().render_help().to_string())
+}
+
+/// What a command line clap refused gets: a group named without its subcommand (`channel`)
+/// its help on stderr, as clap prints it for `arg_required_else_help`; any other misuse the
+/// one-line error; both exit 2. `--help` and `--version` print and exit 0.
+fn parse_failure(e: clap::Error) -> std::process::ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let help = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+        (ErrorKind::MissingSubcommand, Some(ContextValue::String(path))) => help_of(path),
+        (ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, _) => Some(e.render().to_string()),
+        _ => None,
+    };
+    match help {
+        Some(help) => eprint!("{help}"),
+        None => eprintln!("{}", one_line_usage_error(&e.render().to_string())),
+    }
+    std::process::ExitCode::from(2)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
-            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
-            return std::process::ExitCode::from(2);
-        }
-        Err(e) => {
-            // --help and --version: clap's own output, exit 0.
-            let _ = e.print();
-            return std::process::ExitCode::SUCCESS;
-        }
+        Err(e) => return parse_failure(e),
     };
     if let Err(e) = logging::init(&cli.log_level, &cli.log_format) {
         return e.report();
+    }
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Gateway(_) | Command::Cdc(_)
+    ) {
+        env_check::warn_unknown(&Cli::command());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,7 +3,9 @@
 //! private Postgres and NATS: output shapes of seed 002, `--json`, and exit codes.
 //!
 //! `listen` is synchronised on its own "Listening to" line: events are published only after it
-//! appeared, and the test reads the child's output line by line.
+//! appeared, and the test reads the child's output line by line. The events are published on
+//! NATS by the test, as the CDC would, for a table that exists and is subscribed (`listen`
+//! refuses others).
 
 use nself_realtime_cdc::wire::{self, WireConfig};
 use nself_realtime_cdc::{migrations, publications};
@@ -215,6 +217,17 @@ async fn an_unreachable_or_locked_endpoint_is_a_configuration_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_each_change_with_its_commit_time() {
     let endpoint = Endpoint::start(None).await;
+    // `listen` refuses a table that does not exist or is not published (nothing would arrive).
+    endpoint
+        .admin
+        .batch_execute("CREATE TABLE public.users (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    usage_error(
+        endpoint.run(&["listen", "public.users", "120"]).await,
+        "public.users is not published",
+    );
+    ok(endpoint.run(&["subscribe", "public.users"]).await);
     let mut child = endpoint
         .command(&["listen", "public.users", "120"])
         .spawn()

@@ -32,6 +32,8 @@ pub const DEFAULT_MAX_PRESENCE_UPDATES_PER_MINUTE: u32 = 10;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP_PER_MINUTE: u32 = 100;
 /// Default `REALTIME_MAX_CONTENT_LENGTH`: characters in one chat message (seed 000: 10,000).
 pub const DEFAULT_MAX_CONTENT_LENGTH: usize = 10_000;
+/// Default `REALTIME_DB_ROLES`: the roles a token's role claim may name (DESIGN.md).
+pub const DEFAULT_DB_ROLES: &str = "anon,authenticated,service_role";
 /// Default `REALTIME_MESSAGE_TYPES` (seed 000).
 pub const DEFAULT_MESSAGE_TYPES: &str = "text,system,file,event";
 /// Default `REALTIME_LOG_EVENT_TYPES` (seed 001).

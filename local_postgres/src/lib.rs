@@ -260,7 +260,7 @@ impl LocalPostgres {
 
     /// `postgres://postgres@127.0.0.1:<port>/app`.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
+        url_for_port(self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -428,6 +428,44 @@ impl Drop for LocalPostgres {
         if let Err(e) = self.stop() {
             tracing::warn!("stopping the local Postgres: {e}");
         }
+    }
+}
+
+/// `postgres://postgres@127.0.0.1:<port>/app`: the URL of a local cluster on `port`.
+pub fn url_for_port(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/{DATABASE}")
+}
+
+/// What [`find`] sees in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No cluster was ever created there.
+    Absent,
+    /// A cluster exists (`<dir>/postgres`) but no server runs it.
+    Stopped { data: PathBuf },
+    /// A server runs the cluster; its URL (the port `up` remembered).
+    Running { url: String },
+}
+
+/// Whether `dir` holds a local cluster and whether it runs, without starting or changing
+/// anything: for the commands that use the Postgres of an `up` running in the same directory.
+/// A `postmaster.pid` whose process is not a live `postgres` (left by a killed server) counts as
+/// stopped, as [`LocalPostgres::start`] judges it.
+pub fn find(dir: &Path) -> Found {
+    let data = dir.join("postgres");
+    let pid = read_pid(&data.join("postmaster.pid")).filter(|pid| is_postgres_process(*pid));
+    let port = fs::read_to_string(dir.join("postgres.port"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok())
+        .filter(|port| *port != 0);
+    match (pid, port) {
+        (Some(_), Some(port)) => Found::Running {
+            url: url_for_port(port),
+        },
+        _ if data.join("PG_VERSION").exists() || data.join("postmaster.pid").exists() => {
+            Found::Stopped { data }
+        }
+        _ => Found::Absent,
     }
 }
 
@@ -974,6 +1012,28 @@ mod tests {
         assert_eq!(major("initdb (PostgreSQL) 17beta1").as_deref(), Some("17"));
         assert_eq!(major("initdb (PostgreSQL) 9.6.24").as_deref(), Some("9.6"));
         assert_eq!(major("nonsense"), None);
+    }
+
+    #[test]
+    fn find_tells_absent_stopped_and_stale_apart() {
+        let dir = std::env::temp_dir().join(format!("nself-realtime-find-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("postgres")).unwrap();
+        assert_eq!(find(&dir), Found::Absent);
+        fs::write(dir.join("postgres/PG_VERSION"), "16\n").unwrap();
+        fs::write(dir.join("postgres.port"), "54329\n").unwrap();
+        let stopped = Found::Stopped {
+            data: dir.join("postgres"),
+        };
+        assert_eq!(find(&dir), stopped);
+        // A postmaster.pid naming a process that is not Postgres (this test) is stale.
+        fs::write(
+            dir.join("postgres/postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        assert_eq!(find(&dir), stopped);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

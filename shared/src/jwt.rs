@@ -35,8 +35,8 @@ pub enum JwtError {
     Malformed(String),
     #[error("Token has expired {ago_secs} seconds ago")]
     Expired { ago_secs: i64 },
-    #[error("the token is not valid yet (nbf)")]
-    NotYetValid,
+    #[error("the token is not valid yet: its nbf is {in_secs} seconds from now")]
+    NotYetValid { in_secs: i64 },
     /// A registered (or role) claim has the wrong JSON type.
     #[error("the token's {claim:?} claim must be {expected}")]
     BadClaim {
@@ -334,7 +334,7 @@ fn check_times(claims: Claims) -> Result<Claims, JwtError> {
     }
     if let Some(nbf) = claims.0.get("nbf").and_then(numeric) {
         if now < nbf {
-            return Err(JwtError::NotYetValid);
+            return Err(JwtError::NotYetValid { in_secs: nbf - now });
         }
     }
     Ok(claims)
@@ -410,7 +410,10 @@ mod tests {
         );
         assert_eq!(verifier.verify(&forged), Err(JwtError::BadSignature));
         let future = hs(json!({"role": "anon", "nbf": now() + 600}));
-        assert_eq!(verifier.verify(&future), Err(JwtError::NotYetValid));
+        match verifier.verify(&future) {
+            Err(JwtError::NotYetValid { in_secs }) => assert!((590..=600).contains(&in_secs)),
+            other => panic!("{other:?}"),
+        }
         for garbage in ["", "abc", "a.b.c", "....", "\u{0}.\u{1}.\u{2}"] {
             assert!(
                 matches!(verifier.verify(garbage), Err(JwtError::Malformed(_))),

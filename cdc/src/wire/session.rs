@@ -7,6 +7,10 @@
 //! queue onto the socket. When the queue is full the forwarder stops and raises `overflow`, and
 //! the connection loop disconnects the client with the reason: a listener that falls behind
 //! costs a bounded amount of memory and never slows anyone else.
+//!
+//! A LISTEN that can receive nothing (no such table, or a table no publication holds) still
+//! succeeds, as Postgres' LISTEN does, but is answered with a WARNING notice saying why and how
+//! to publish the table: psql prints it, and `nself-realtime listen` stops with it.
 
 use super::command::{self, Command, CommandError};
 use super::pool::Pool;
@@ -15,7 +19,7 @@ use crate::subscriptions::{self, SubscriptionError, Target};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::{Sink, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use nself_realtime_shared::bus::{ChangeLog, StartAt};
 use nself_realtime_shared::subject::{self, SubjectError};
 use pgwire::api::query::SimpleQueryHandler;
@@ -36,6 +40,10 @@ pub const MAX_LISTENS_PER_CONNECTION: usize = 1_000;
 
 /// How long one command may take (a Postgres or NATS that does not answer).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a LISTEN waits for Postgres to tell whether its table is published; past it (or
+/// when Postgres is down) the LISTEN answers without a warning, since it works without Postgres.
+const LISTEN_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One change to deliver as a NotificationResponse.
 #[derive(Debug)]
@@ -196,6 +204,31 @@ impl Session {
         }
     }
 
+    /// Why a LISTEN on `target` would receive nothing, if it would not (module docs): the
+    /// text and SQLSTATE of a WARNING notice.
+    async fn listen_warning(&self, target: &Target) -> Option<(String, String)> {
+        let check = async {
+            let client = self.database().await?;
+            subscriptions::check_published(&*client, &self.shared.publication, target)
+                .await
+                .map_err(WireError::from)
+        };
+        match tokio::time::timeout(LISTEN_CHECK_TIMEOUT, check).await {
+            Ok(Ok(())) => None,
+            Ok(Err(WireError::Subscription(
+                e @ (SubscriptionError::SchemaNotFound(_)
+                | SubscriptionError::TableNotFound(_)
+                | SubscriptionError::NotATable { .. }
+                | SubscriptionError::NotPublished(_)),
+            ))) => Some((e.sqlstate(), format!("LISTEN {target}: {e}"))),
+            Ok(Err(e)) => {
+                tracing::debug!(table = %target, error = %e, "cannot tell whether a LISTEN's table is published");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn database(&self) -> Result<super::pool::Pooled<'_>, WireError> {
         self.shared
             .pool
@@ -338,7 +371,7 @@ fn rows(tag: &str, columns: &[&str], values: Vec<Vec<String>>) -> Response {
 #[async_trait]
 impl SimpleQueryHandler for Session {
     /// Runs each statement in order and stops at the first error, as Postgres does.
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -349,10 +382,25 @@ impl SimpleQueryHandler for Session {
             let result = match command::parse(&statement) {
                 Ok(command) => {
                     let what = command_name(&command);
-                    match tokio::time::timeout(COMMAND_TIMEOUT, self.execute(command)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(WireError::Timeout(what)),
+                    let listened = match &command {
+                        Command::Listen { target, .. } => Some(target.clone()),
+                        _ => None,
+                    };
+                    let result =
+                        match tokio::time::timeout(COMMAND_TIMEOUT, self.execute(command)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(WireError::Timeout(what)),
+                        };
+                    let listening = result.is_ok().then_some(listened).flatten();
+                    if let Some(target) = listening {
+                        if let Some((code, message)) = self.listen_warning(&target).await {
+                            let notice = ErrorInfo::new("WARNING".into(), code, message);
+                            client
+                                .send(PgWireBackendMessage::NoticeResponse(notice.into()))
+                                .await?;
+                        }
                     }
+                    result
                 }
                 Err(e) => Err(e.into()),
             };

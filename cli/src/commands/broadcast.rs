@@ -11,8 +11,9 @@
 //! `realtime.broadcasts` (`sent_by` = `cli`), which keeps it until it expires (5 minutes by
 //! default; `cleanup` deletes expired ones). It is recorded only once sent.
 
+use super::database::OptionalDatabase;
 use super::http;
-use super::live::{LiveArgs, OptionalDatabase, Problem};
+use super::live::{LiveArgs, Problem};
 use crate::exit::CliError;
 use anyhow::anyhow;
 use serde_json::{json, Value};

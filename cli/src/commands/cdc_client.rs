@@ -33,10 +33,19 @@ pub struct Endpoint {
 }
 
 /// A connection to the endpoint: the client, and what its connection task reports
-/// (notifications, then at most one error when the connection ends abnormally).
+/// (notifications and notices, then at most one error when the connection ends abnormally).
 pub struct Session {
     pub client: Client,
-    pub events: mpsc::UnboundedReceiver<Result<Notification, String>>,
+    pub events: mpsc::UnboundedReceiver<Result<Incoming, String>>,
+}
+
+/// What the endpoint sends besides answers. A notice of a command arrives before its answer.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A change of a LISTENed table.
+    Notification(Notification),
+    /// A notice: its severity (`WARNING`, `NOTICE`, ...) and text.
+    Notice { severity: String, message: String },
 }
 
 impl Endpoint {
@@ -97,7 +106,16 @@ impl Endpoint {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(Ok(n)).is_err() {
+                        if tx.send(Ok(Incoming::Notification(n))).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        let notice = Incoming::Notice {
+                            severity: notice.severity().to_string(),
+                            message: notice.message().to_string(),
+                        };
+                        if tx.send(Ok(notice)).is_err() {
                             return;
                         }
                     }

@@ -49,7 +49,7 @@ pub struct GatewayArgs {
     #[arg(
         long = "realtime-db-roles",
         env = "REALTIME_DB_ROLES",
-        default_value = "anon,authenticated,service_role"
+        default_value = defaults::DEFAULT_DB_ROLES
     )]
     pub db_roles: String,
     /// Refuse topics that have no realtime.channels row.

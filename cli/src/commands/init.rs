@@ -1,5 +1,7 @@
 //! `nself-realtime init`: apply the migrations, create the publications and publish
 //! `realtime.messages`. Idempotent. [`prepare`] is the one place these steps live; `up` runs it too.
+//! The database is `DATABASE_URL`, else the local Postgres of an `up` running in this directory
+//! ([`super::database`]).
 
 use crate::exit::CliError;
 use anyhow::anyhow;
@@ -10,9 +12,8 @@ use nself_realtime_shared::config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Postgres to initialise.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    database: super::Database,
     /// Base name of the CDC's publications.
     #[arg(long, env = "REALTIME_PUBLICATION", default_value = config::DEFAULT_PUBLICATION)]
     publication: String,
@@ -21,7 +22,7 @@ pub struct Args {
 pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
     let publication = config::plain_identifier("REALTIME_PUBLICATION", &args.publication)
         .map_err(CliError::usage)?;
-    let mut client = super::postgres::connect(&args.database_url).await?;
+    let mut client = args.database.connect().await?;
     let applied = prepare(&mut client, &publication).await?;
     if json {
         println!(

@@ -13,8 +13,12 @@
 //! for DELETE). `--json` prints each event's JSON exactly as the CDC published it, one per line,
 //! and the "Listening to" line on stderr. That line is printed only once the endpoint confirmed
 //! the LISTEN, so every change committed after it appears.
+//!
+//! A table that does not exist, or that no publication holds, would deliver nothing: the
+//! endpoint answers such a LISTEN with a WARNING saying which (and how to publish it), and
+//! `listen` stops with it (exit 2) instead of waiting in silence.
 
-use super::cdc_client::Endpoint;
+use super::cdc_client::{Endpoint, Incoming, Session};
 use super::subscriptions::parse_table;
 use crate::exit::CliError;
 use anyhow::anyhow;
@@ -41,6 +45,7 @@ pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
     session
         .run(&format!("LISTEN {}", quote_ident(&channel)))
         .await?;
+    let mut pending = refuse_silent_listen(&mut session)?;
     if json {
         // stdout carries only events; the start line goes to stderr.
         eprintln!("Listening to {channel}...");
@@ -51,31 +56,63 @@ pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
     tokio::pin!(deadline);
     let mut stdout = std::io::stdout();
     loop {
-        tokio::select! {
-            _ = &mut deadline => return Ok(()),
-            event = session.events.recv() => match event {
-                Some(Ok(notification)) => {
-                    let line = if json {
-                        notification.payload().to_string()
-                    } else {
-                        describe_event(notification.payload())
-                    };
-                    // A closed stdout (`| head`) ends listening quietly.
-                    if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Err(reason)) => {
-                    return Err(CliError::runtime(anyhow!("the CDC endpoint closed the connection: {reason}")));
-                }
-                None => {
-                    return Err(CliError::runtime(anyhow!(
-                        "the CDC endpoint closed the connection; is `nself-realtime cdc` still running?"
-                    )));
-                }
+        let event = match pending.take() {
+            Some(event) => Some(event),
+            None => tokio::select! {
+                _ = &mut deadline => return Ok(()),
+                event = session.events.recv() => event,
             },
+        };
+        match event {
+            Some(Ok(Incoming::Notice { severity, message })) => {
+                tracing::warn!(severity, "{message}");
+            }
+            Some(Ok(Incoming::Notification(notification))) => {
+                let line = if json {
+                    notification.payload().to_string()
+                } else {
+                    describe_event(notification.payload())
+                };
+                // A closed stdout (`| head`) ends listening quietly.
+                if writeln!(stdout, "{line}")
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Some(Err(reason)) => {
+                return Err(CliError::runtime(anyhow!(
+                    "the CDC endpoint closed the connection: {reason}"
+                )));
+            }
+            None => {
+                return Err(CliError::runtime(anyhow!(
+                    "the CDC endpoint closed the connection; is `nself-realtime cdc` still running?"
+                )));
+            }
         }
     }
+}
+
+/// Stops with the endpoint's WARNING when the LISTEN just made can receive nothing (module
+/// docs). A command's notices arrive before its answer, so they are queued already; the first
+/// event after them (a change that came at once) is handed back to be printed first.
+fn refuse_silent_listen(
+    session: &mut Session,
+) -> Result<Option<Result<Incoming, String>>, CliError> {
+    while let Ok(event) = session.events.try_recv() {
+        match event {
+            Ok(Incoming::Notice { severity, message }) if severity == "WARNING" => {
+                return Err(CliError::usage(anyhow!("{message}")));
+            }
+            Ok(Incoming::Notice { severity, message }) => {
+                tracing::info!(severity, "{message}");
+            }
+            other => return Ok(Some(other)),
+        }
+    }
+    Ok(None)
 }
 
 /// `[2026-01-30 10:15:23] INSERT: {"id": 123}` for one change event's JSON.

@@ -13,8 +13,9 @@
 //!   `./.nself-realtime/jwt_secret` (read only: a missing secret is not generated here, since
 //!   no gateway would know it), else `REALTIME_SERVICE_KEY` as given (for JWKS set-ups).
 //!
-//! The database is `DATABASE_URL`, else the local cluster `up` runs in `--dir` when it runs
-//! (`<dir>/postgres.port`), else none: the commands then leave out what only the database knows.
+//! The database is `DATABASE_URL`, else the local cluster `up` runs in `--dir` when it runs, else
+//! none ([`super::database::OptionalDatabase`]): the commands then leave out what only the
+//! database knows.
 //!
 //! Also here: the relative times the commands print (`5m ago`, `up 2h 3m`).
 
@@ -24,7 +25,7 @@ use anyhow::anyhow;
 use futures::StreamExt;
 use nself_realtime_gateway::control::{BusRequest, Command, CONTROL_PREFIX};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -159,22 +160,15 @@ impl LiveArgs {
         if let Some(key) = self.service_key.as_deref().filter(|k| !k.trim().is_empty()) {
             return Ok(key.trim().to_string());
         }
-        let kept = self.dir.join("jwt_secret");
-        let secret = match self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
-            Some(secret) => secret.to_string(),
-            None => match std::fs::read_to_string(&kept) {
-                Ok(secret) if !secret.trim().is_empty() => secret.trim().to_string(),
-                _ => {
-                    return Err(Problem::Usage(anyhow!(
-                        "no JWT secret to sign a service_role token with: set REALTIME_JWT_SECRET to the gateways' secret (or run where `nself-realtime up` keeps {})",
-                        kept.display()
-                    )))
-                }
-            },
+        let Some(secret) = super::secret::find_secret(self.jwt_secret.as_deref(), &self.dir) else {
+            return Err(Problem::Usage(anyhow!(
+                "no JWT secret to sign a service_role token with: set REALTIME_JWT_SECRET to the gateways' secret (or run where `nself-realtime up` keeps {})",
+                self.dir.join("jwt_secret").display()
+            )));
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        Ok(super::token::mint(
-            &secret,
+        Ok(super::secret::mint(
+            &secret.value,
             json!({"role": "service_role", "iss": "nself-realtime", "iat": now, "exp": now + TOKEN_SECONDS}),
         ))
     }
@@ -424,62 +418,6 @@ async fn post_control(
             "{shown} answered HTTP {status}: {}",
             response.error_text()
         ))),
-    }
-}
-
-/// The database of the realtime schema, when there is one.
-#[derive(clap::Args, Debug)]
-pub struct OptionalDatabase {
-    /// Postgres holding the realtime schema [default: the local cluster of `up` in --dir, if it
-    /// runs; else none, and what only the database knows is left out].
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-}
-
-/// `postgres://…` of the local cluster `up` runs in `dir`, if it runs.
-fn local_cluster(dir: &Path) -> Option<String> {
-    if !dir.join("postgres").join("postmaster.pid").exists() {
-        return None;
-    }
-    let port: u16 = std::fs::read_to_string(dir.join("postgres.port"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(format!(
-        "postgres://postgres@127.0.0.1:{port}/{}",
-        nself_realtime_local_postgres::DATABASE
-    ))
-}
-
-impl OptionalDatabase {
-    /// Connects: to `DATABASE_URL` (failing is exit 2, as for every admin command), else to the
-    /// local cluster of `dir` (failing means none), else none.
-    pub async fn connect(&self, dir: &Path) -> Result<Option<tokio_postgres::Client>, CliError> {
-        if let Some(url) = self
-            .database_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-        {
-            return super::postgres::connect(url).await.map(Some);
-        }
-        let Some(url) = local_cluster(dir) else {
-            return Ok(None);
-        };
-        let database = nself_realtime_shared::postgres_tls::Database::parse(&url)
-            .map_err(|e| CliError::runtime(anyhow!("{e}")))?;
-        match database.connect().await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(Some(client))
-            }
-            Err(e) => {
-                tracing::debug!(url, error = %e, "the local cluster does not answer");
-                Ok(None)
-            }
-        }
     }
 }
 

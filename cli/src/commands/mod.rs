@@ -1,10 +1,12 @@
-//! One module per subcommand; `postgres` holds the connection step they share, `live` the
-//! way to the running gateways (and `http` its small HTTP client) for the operators' commands.
+//! One module per subcommand; `database` decides which Postgres a command works on
+//! (`DATABASE_URL`, else `up`'s local cluster) and `postgres` holds the connection step they
+//! share, `live` the way to the running gateways (and `http` its small HTTP client) for the
+//! operators' commands.
 //!
 //! The admin commands that work on the realtime tables over plain SQL (`channel`, `messages`,
-//! `replay`, `events`, `cleanup`) also share what is below: the `DATABASE_URL` option, the
-//! mapping of query failures to exit codes, UTC timestamps formatted by Postgres, and numbers
-//! written the way seed 002 prints them (`1,203 members`).
+//! `replay`, `events`, `cleanup`) also share what is below: the mapping of query failures to
+//! exit codes, UTC timestamps formatted by Postgres, and numbers written the way seed 002 prints
+//! them (`1,203 members`).
 
 pub mod broadcast;
 pub mod cdc;
@@ -12,6 +14,7 @@ pub mod cdc_client;
 pub mod channel;
 pub mod cleanup;
 pub mod connections;
+pub mod database;
 pub mod events;
 pub mod gateway;
 pub mod http;
@@ -21,6 +24,7 @@ pub mod live;
 pub mod messages;
 pub mod postgres;
 pub mod presence;
+pub mod secret;
 pub mod service;
 pub mod stats;
 pub mod status;
@@ -28,24 +32,11 @@ pub mod subscriptions;
 pub mod token;
 pub mod up;
 
+pub use database::Database;
+
 use crate::exit::CliError;
 use anyhow::anyhow;
 use tokio_postgres::error::SqlState;
-
-/// The database an admin command reads and changes. It connects as given (normally the owner
-/// of the realtime schema, which Row Level Security does not restrict).
-#[derive(clap::Args, Debug)]
-pub struct Database {
-    /// Postgres holding the realtime schema.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-}
-
-impl Database {
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, CliError> {
-        postgres::connect(&self.database_url).await
-    }
-}
 
 /// A failed admin query: a missing schema, table or function means the schema is missing or older than
 /// this binary (exit 2, run `init`); anything else is a runtime failure (exit 1).
@@ -59,7 +50,7 @@ pub fn query_failed(error: tokio_postgres::Error) -> CliError {
     match error.code() {
         Some(code) if missing.contains(code) => {
             CliError::usage(anyhow!(
-                "{text}: the realtime schema is missing or older than this binary; run `nself-realtime init` against DATABASE_URL"
+                "{text}: the realtime schema is missing or older than this binary; run `nself-realtime init` against this database"
             ))
         }
         _ => CliError::runtime(anyhow!("{text}")),

@@ -2,7 +2,10 @@
 //!
 //! * The gateways (their control API, summed over every gateway that answers): connections,
 //!   channels with subscribers, chat messages sent (the nself API), broadcasts sent by clients,
-//!   errors and table changes delivered. They count since each gateway started (no 24-hour window is kept), and the
+//!   errors and table changes delivered. "Failed" is the gateways' `realtime_errors_total`:
+//!   Socket.IO and `/ws` requests answered with an error, and connections refused by the
+//!   per-IP limit, by error code; the gateways also log each request error in `realtime.events`
+//!   (type `error`, with its message), whose latest are shown when there is a database. They count since each gateway started (no 24-hour window is kept), and the
 //!   labels say so; the peak is each gateway's own peak, summed when there are several, which
 //!   can exceed the true peak of the whole.
 //! * The database (`DATABASE_URL`, or the local cluster of `up`): channels by type, the
@@ -15,7 +18,8 @@
 //!
 //! [`DbFigures`] is shared with `status`.
 
-use super::live::{Gateways, LiveArgs, OptionalDatabase};
+use super::database::OptionalDatabase;
+use super::live::{Gateways, LiveArgs};
 use super::presence;
 use super::{query_failed, thousands};
 use crate::exit::CliError;
@@ -52,7 +56,25 @@ pub struct DbFigures {
     pub tables: i64,
     /// Messages of `realtime.messages` sent in the last 24 hours and not deleted.
     pub messages_24h: i64,
+    /// The newest request errors the gateways logged, newest first.
+    pub latest_failures: Vec<Failure>,
 }
+
+/// A request error the gateways logged in `realtime.events`.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// `2026-01-30 10:15:23` (UTC).
+    pub at: String,
+    /// RFC 3339 (UTC).
+    pub at_rfc3339: String,
+    pub code: String,
+    pub message: String,
+    pub user_id: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// How many of the latest failures `stats` shows.
+const LATEST_FAILURES: i64 = 5;
 
 impl DbFigures {
     pub fn channel_total(&self) -> i64 {
@@ -100,7 +122,94 @@ impl DatabaseArgs {
         figures.subscriptions = row.get(0);
         figures.tables = row.get(1);
         figures.messages_24h = row.get(2);
+        figures.latest_failures = latest_failures(&client).await?;
         Ok(Some(figures))
+    }
+}
+
+/// The newest request errors in `realtime.events`.
+async fn latest_failures(client: &tokio_postgres::Client) -> Result<Vec<Failure>, CliError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {}, {}, coalesce(data->>'error_code', '?'), coalesce(data->>'message', ''),
+                        user_id, channel
+                   FROM realtime.events
+                  WHERE type = 'error'
+                  ORDER BY created_at DESC
+                  LIMIT $1",
+                super::utc_seconds("created_at"),
+                super::utc_rfc3339("created_at")
+            ),
+            &[&LATEST_FAILURES],
+        )
+        .await
+        .map_err(query_failed)?;
+    Ok(rows
+        .iter()
+        .map(|row| Failure {
+            at: row.get(0),
+            at_rfc3339: row.get(1),
+            code: row.get(2),
+            message: row.get(3),
+            user_id: row.get(4),
+            channel: row.get(5),
+        })
+        .collect())
+}
+
+/// The text of "Failed": the count and its codes, most frequent first.
+fn failed_text(failed: u64, by_code: &Map<String, Value>) -> String {
+    if failed == 0 {
+        return "0".into();
+    }
+    let mut codes: Vec<(&String, u64)> = by_code
+        .iter()
+        .map(|(code, n)| (code, n.as_u64().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    codes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let codes: Vec<String> = codes
+        .iter()
+        .map(|(code, n)| format!("{code} {}", thousands(*n as i64)))
+        .collect();
+    let requests = if failed == 1 { "request" } else { "requests" };
+    format!(
+        "{} client {requests} refused ({})",
+        thousands(failed as i64),
+        codes.join(", ")
+    )
+}
+
+/// The lines under "Failed" that say where the failures are told in full.
+fn print_failure_details(failed: u64, db: Option<&DbFigures>) {
+    if failed == 0 {
+        return;
+    }
+    match db {
+        Some(db) if !db.latest_failures.is_empty() => {
+            println!("  Latest (realtime.events, type error):");
+            for failure in &db.latest_failures {
+                let mut who: Vec<String> = Vec::new();
+                who.extend(failure.user_id.clone());
+                who.extend(failure.channel.as_deref().map(|c| format!("in {c}")));
+                let who = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", who.join(" "))
+                };
+                println!(
+                    "    [{}] {}{who}: {}",
+                    failure.at, failure.code, failure.message
+                );
+            }
+        }
+        Some(_) => println!(
+            "  Details:                 none logged in realtime.events (the gateways log errors with REALTIME_LOG_EVENTS=true and error in REALTIME_LOG_EVENT_TYPES)"
+        ),
+        None => println!(
+            "  Details:                 logged in realtime.events (type error); set DATABASE_URL to see the latest here"
+        ),
     }
 }
 
@@ -130,6 +239,40 @@ fn sum_map(results: &[&Value], path: &[&str]) -> Map<String, Value> {
     sums.into_iter().map(|(k, v)| (k, json!(v))).collect()
 }
 
+/// The gateways' counters, summed.
+struct Totals {
+    gateways: usize,
+    active: u64,
+    peak: u64,
+    with_subscribers: usize,
+    sent: u64,
+    broadcasts: u64,
+    failed: u64,
+    failed_by_code: Map<String, Value>,
+    delivered: u64,
+}
+
+impl Totals {
+    fn of(results: &[&Value]) -> Totals {
+        let with_subscribers: BTreeSet<&str> = results
+            .iter()
+            .filter_map(|r| r["channels"]["by_name"].as_object())
+            .flat_map(|m| m.keys().map(String::as_str))
+            .collect();
+        Totals {
+            gateways: results.len(),
+            active: sum(results, &["connections", "active"]),
+            peak: sum(results, &["connections", "peak"]),
+            with_subscribers: with_subscribers.len(),
+            sent: sum(results, &["messages", "total"]),
+            broadcasts: sum(results, &["broadcasts_received"]),
+            failed: sum(results, &["errors", "total"]),
+            failed_by_code: sum_map(results, &["errors", "by"]),
+            delivered: sum(results, &["changes", "delivered_total"]),
+        }
+    }
+}
+
 pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
     let gateways = Gateways::connect(&args.live).await?;
     let answers = gateways.ask_all(&Command::Stats).await?;
@@ -142,104 +285,139 @@ pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
         Ok(entries) => Some(presence::Tally::of(&presence::per_user(&entries))),
         Err(_) => None,
     };
-
-    let active = sum(&results, &["connections", "active"]);
-    let peak = sum(&results, &["connections", "peak"]);
-    let with_subscribers: BTreeSet<&str> = results
-        .iter()
-        .filter_map(|r| r["channels"]["by_name"].as_object())
-        .flat_map(|m| m.keys().map(String::as_str))
-        .collect();
-    let sent = sum(&results, &["messages", "total"]);
-    let broadcasts = sum(&results, &["broadcasts_received"]);
-    let failed = sum(&results, &["errors", "total"]);
-    let delivered = sum(&results, &["changes", "delivered_total"]);
-
+    let totals = Totals::of(&results);
     if json {
-        let per_gateway: Vec<Value> = results.iter().map(|r| (*r).clone()).collect();
-        let value = json!({
-            "gateways": answers.iter().map(|a| a.gateway.as_str()).collect::<Vec<_>>(),
-            "connections": {
-                "active": active,
-                "peak_since_start": peak,
-                "by_protocol": sum_map(&results, &["connections", "by_protocol"]),
-            },
-            "channels": {
-                "with_subscribers": with_subscribers.len(),
-                "total": db.as_ref().map(DbFigures::channel_total),
-                "by_type": db.as_ref().map(|d| &d.channels),
-            },
-            "messages_since_start": {
-                "sent": sent,
-                "client_broadcasts": broadcasts,
-                "failed": failed,
-                "sent_by_room_type": sum_map(&results, &["messages", "by"]),
-                "failed_by_code": sum_map(&results, &["errors", "by"]),
-            },
-            "messages_persisted_24h": db.as_ref().map(|d| d.messages_24h),
-            "subscriptions": {
-                "active": db.as_ref().map(|d| d.subscriptions),
-                "tables_monitored": db.as_ref().map(|d| d.tables),
-                "changes_delivered_since_start": delivered,
-            },
-            "presence": presence.map(|t| json!({"users": t.total(), "online": t.online})),
-            "per_gateway": per_gateway,
-        });
-        println!("{value}");
-        return Ok(());
+        let ids: Vec<&str> = answers.iter().map(|a| a.gateway.as_str()).collect();
+        print_json(&ids, &results, &totals, db.as_ref(), presence.as_ref());
+    } else {
+        print_text(&totals, db.as_ref(), presence.as_ref());
     }
+    Ok(())
+}
 
-    let line = |label: &str, value: String| println!("  {label:<24} {value}");
-    let n = |value: u64| thousands(value as i64);
-    let no_db = || "n/a (set DATABASE_URL)".to_string();
+fn print_json(
+    ids: &[&str],
+    results: &[&Value],
+    totals: &Totals,
+    db: Option<&DbFigures>,
+    presence: Option<&presence::Tally>,
+) {
+    let failures = db.map(|d| {
+        d.latest_failures
+            .iter()
+            .map(|f| {
+                json!({
+                    "at": f.at_rfc3339,
+                    "error_code": f.code,
+                    "message": f.message,
+                    "user_id": f.user_id,
+                    "channel": f.channel,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let value = json!({
+        "gateways": ids,
+        "connections": {
+            "active": totals.active,
+            "peak_since_start": totals.peak,
+            "by_protocol": sum_map(results, &["connections", "by_protocol"]),
+        },
+        "channels": {
+            "with_subscribers": totals.with_subscribers,
+            "total": db.map(DbFigures::channel_total),
+            "by_type": db.map(|d| &d.channels),
+        },
+        "messages_since_start": {
+            "sent": totals.sent,
+            "client_broadcasts": totals.broadcasts,
+            "failed": totals.failed,
+            "sent_by_room_type": sum_map(results, &["messages", "by"]),
+            "failed_by_code": totals.failed_by_code,
+        },
+        "latest_failures": failures,
+        "messages_persisted_24h": db.map(|d| d.messages_24h),
+        "subscriptions": {
+            "active": db.map(|d| d.subscriptions),
+            "tables_monitored": db.map(|d| d.tables),
+            "changes_delivered_since_start": totals.delivered,
+        },
+        "presence": presence.map(|t| json!({"users": t.total(), "online": t.online})),
+        "per_gateway": results,
+    });
+    println!("{value}");
+}
+
+/// One `  Label:    value` line of the text report.
+fn line(label: &str, value: String) {
+    println!("  {label:<24} {value}");
+}
+
+fn n(value: u64) -> String {
+    thousands(value as i64)
+}
+
+const NO_DB: &str = "n/a (set DATABASE_URL)";
+
+fn print_text(totals: &Totals, db: Option<&DbFigures>, presence: Option<&presence::Tally>) {
     println!("Real-Time Statistics:");
     println!();
     println!("WebSocket Connections:");
-    line("Active:", n(active));
-    if results.len() > 1 {
-        line(
-            "Peak (since start):",
-            format!("{} (sum of {} gateways' peaks)", n(peak), results.len()),
-        );
-    } else {
-        line("Peak (since start):", n(peak));
-    }
-    line("Gateways:", n(results.len() as u64));
+    line("Active:", n(totals.active));
+    let peak = match totals.gateways {
+        0 | 1 => n(totals.peak),
+        several => format!("{} (sum of {several} gateways' peaks)", n(totals.peak)),
+    };
+    line("Peak (since start):", peak);
+    line("Gateways:", n(totals.gateways as u64));
     println!();
     println!("Channels:");
-    match &db {
+    match db {
         Some(db) => {
             line("Total:", thousands(db.channel_total()));
-            line("Public:", thousands(db.of_type("public")));
-            line("Private:", thousands(db.of_type("private")));
-            line("Presence:", thousands(db.of_type("presence")));
+            for (label, kind) in [
+                ("Public:", "public"),
+                ("Private:", "private"),
+                ("Presence:", "presence"),
+            ] {
+                line(label, thousands(db.of_type(kind)));
+            }
             if db.of_type("direct") > 0 {
                 line("Direct:", thousands(db.of_type("direct")));
             }
         }
-        None => line("Total:", no_db()),
+        None => line("Total:", NO_DB.into()),
     }
-    line("With subscribers now:", n(with_subscribers.len() as u64));
+    line("With subscribers now:", n(totals.with_subscribers as u64));
     println!();
     println!("Messages (since start):");
-    line("Sent:", n(sent));
-    line("Client broadcasts:", n(broadcasts));
-    line("Failed:", n(failed));
-    if let Some(db) = &db {
+    line("Sent:", n(totals.sent));
+    line("Client broadcasts:", n(totals.broadcasts));
+    line(
+        "Failed:",
+        failed_text(totals.failed, &totals.failed_by_code),
+    );
+    print_failure_details(totals.failed, db);
+    if let Some(db) = db {
         line("Persisted (24h):", thousands(db.messages_24h));
     }
     println!();
+    print_text_tail(totals, db, presence);
+}
+
+/// The text report's subscriptions and presence.
+fn print_text_tail(totals: &Totals, db: Option<&DbFigures>, presence: Option<&presence::Tally>) {
     println!("Database Subscriptions:");
-    match &db {
+    match db {
         Some(db) => {
             line("Active:", thousands(db.subscriptions));
             line("Tables monitored:", thousands(db.tables));
         }
-        None => line("Active:", no_db()),
+        None => line("Active:", NO_DB.into()),
     }
     line(
         "Changes delivered:",
-        format!("{} (since start)", n(delivered)),
+        format!("{} (since start)", n(totals.delivered)),
     );
     println!();
     println!("Presence:");
@@ -253,5 +431,4 @@ pub async fn run(args: Args, json: bool) -> Result<(), CliError> {
             "n/a (the presence store did not answer)".into(),
         ),
     }
-    Ok(())
 }

@@ -11,7 +11,7 @@
 
 use super::cdc::{Stream, StreamArgs};
 use super::gateway::{bind, nats_backends, shutdown_signal, start_failure, GatewayArgs};
-use super::token::{kept_secret, mint};
+use super::secret::{kept_secret, mint};
 use crate::exit::CliError;
 use anyhow::{anyhow, Context};
 use nself_realtime_cdc::bus::BusConfig;
