@@ -22,12 +22,12 @@
 use super::http::{self, BaseUrl};
 use crate::exit::CliError;
 use anyhow::anyhow;
-use futures::StreamExt;
-use nself_realtime_gateway::control::{BusRequest, Command, CONTROL_PREFIX};
-use serde_json::{json, Value};
+use nself_realtime_gateway::control::{Command, CONTROL_PREFIX};
+use nself_realtime_shared::bus::control::{self, GatherWindow};
+use nself_realtime_shared::bus::NatsBroker;
+use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The longest a scatter-gather waits unless `--wait-ms` is longer.
 const GATHER_LIMIT: Duration = Duration::from_secs(2);
@@ -312,7 +312,8 @@ fn unreachable(url: &BaseUrl, e: http::RequestError) -> Problem {
 }
 
 /// Publishes `command` on `subject` and gathers answers: until `quiet` passes without one, at
-/// most `limit` in all; only the first when `first_only`.
+/// most `limit` in all; only the first when `first_only` (the same scatter-gather as the
+/// gateways' own `cluster` view, [`control::gather`]).
 async fn gather(
     client: &async_nats::Client,
     subject: &str,
@@ -321,60 +322,17 @@ async fn gather(
     limit: Duration,
     first_only: bool,
 ) -> Result<Vec<Answer>, Problem> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Problem::Runtime(anyhow!("cannot {what} on NATS: {e}"))
-    };
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
+    let broker = NatsBroker::new(client.clone());
+    let request = Map::from_iter([("command".to_string(), json!(command))]);
+    let quiet = if first_only { Duration::ZERO } else { quiet };
+    let answers = control::gather(&broker, subject, request, GatherWindow { quiet, limit })
         .await
-        .map_err(|e| failed("subscribe to the reply inbox", &e))?;
-    // The inbox subscription must reach the server before any gateway can answer.
-    client
-        .flush()
-        .await
-        .map_err(|e| failed("subscribe to the reply inbox", &e))?;
-    let request = BusRequest {
-        reply: inbox,
-        command: command.clone(),
-    };
-    let payload = serde_json::to_vec(&request).expect("commands serialize");
-    client
-        .publish(subject.to_string(), payload.into())
-        .await
-        .map_err(|e| failed("publish the request", &e))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| failed("publish the request", &e))?;
-    let deadline = Instant::now() + limit;
-    let mut answers = Vec::new();
-    loop {
-        let until = if answers.is_empty() {
-            deadline
-        } else {
-            deadline.min(Instant::now() + quiet)
-        };
-        match tokio::time::timeout_at(until, replies.next()).await {
-            Ok(Some(message)) => {
-                let Some(answer) = serde_json::from_slice::<Value>(&message.payload)
-                    .ok()
-                    .as_ref()
-                    .and_then(Answer::parse)
-                else {
-                    tracing::debug!("ignoring a malformed control answer");
-                    continue;
-                };
-                answers.push(answer);
-                if first_only {
-                    break;
-                }
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let _ = replies.unsubscribe().await;
-    Ok(answers)
+        .map_err(|e| Problem::Runtime(anyhow!("cannot ask the gateways on NATS: {e}")))?;
+    let answers: Vec<Answer> = answers.iter().filter_map(Answer::parse).collect();
+    Ok(match first_only {
+        true => answers.into_iter().take(1).collect(),
+        false => answers,
+    })
 }
 
 /// `POST /api/control` with `command`.
