@@ -1,6 +1,6 @@
 //! The CDC's counters and gauges (Prometheus), in a registry of its own: the replication
 //! session, the publisher and the NOTIFY bridge count into it, and `/health`'s `/metrics`
-//! ([`crate::health`]) renders it.
+//! ([`crate::health`]) renders it, with the process' own `process_*` metrics.
 
 use nself_realtime_shared::metrics;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -81,7 +81,11 @@ impl CdcMetrics {
                 "realtime_cdc_notification_errors_total",
                 "NOTIFY messages that could not be forwarded",
             ),
-            registry,
+            registry: {
+                // CPU, memory and file descriptors of the process (`process_*`).
+                nself_realtime_shared::process_metrics::register(&registry);
+                registry
+            },
         }
     }
 }

@@ -46,6 +46,19 @@ struct Inner {
     database: Database,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    size: usize,
+}
+
+/// The pool's occupancy, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections taken by a query (or being opened for one).
+    pub in_use: usize,
+    /// Open connections waiting for a query. The pool opens connections lazily, so a pool
+    /// that was never busy has few idle ones: its headroom is `max - in_use`.
+    pub idle: usize,
+    /// `REALTIME_DB_POOL_SIZE`.
+    pub max: usize,
 }
 
 /// A connection taken from the pool; it goes back when dropped, unless it broke.
@@ -63,7 +76,19 @@ impl Pool {
                 database,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(size.max(1))),
+                size: size.max(1),
             }),
+        }
+    }
+
+    /// How many connections are in use and idle, of how many at most.
+    pub fn stats(&self) -> PoolStats {
+        let idle = self.inner.idle.lock().expect("pool lock");
+        let idle = idle.iter().filter(|c| !c.client.is_closed()).count();
+        PoolStats {
+            in_use: self.inner.size - self.inner.permits.available_permits(),
+            idle,
+            max: self.inner.size,
         }
     }
 

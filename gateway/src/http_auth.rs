@@ -63,10 +63,11 @@ pub fn upgrade_identity(
     match request_token(headers, query_apikey) {
         Some(token) => match verifier.verify(token) {
             Ok(claims) => Ok(Some(Arc::new(Identity::new(claims)))),
-            Err(e) => Err(refusal(
-                StatusCode::UNAUTHORIZED,
-                format!("invalid token: {e}"),
-            )),
+            Err(e) => {
+                let reason = format!("invalid token: {e}");
+                crate::decision_log::connection_refused(&reason);
+                Err(refusal(StatusCode::UNAUTHORIZED, reason))
+            }
         },
         None => Ok(None),
     }

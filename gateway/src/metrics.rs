@@ -1,10 +1,13 @@
 //! The gateway's Prometheus metrics (`GET /metrics`). Counters are incremented where things
-//! happen; gauges of current sizes are set when scraped.
+//! happen; gauges of current sizes are set when scraped (`server::metrics`).
 //!
-//! Two families: `realtime_gateway_*` (this gateway's internals) and seed 003's names, which
+//! Three families: `realtime_gateway_*` (this gateway's internals); seed 003's names, which
 //! the nself plugin's dashboards and alerts query: `realtime_connections_total{type}`,
-//! `realtime_connections_active{protocol}`, `realtime_messages_total{room_type}`,
-//! `realtime_message_latency_seconds`, `realtime_rooms_active`, `realtime_errors_total{error_code}`.
+//! `realtime_connections_active{protocol, status}`, `realtime_disconnections_total{reason}`,
+//! `realtime_messages_total{room_type}`, `realtime_message_latency_seconds`,
+//! `realtime_rooms_active{type}`, `realtime_errors_total{error_code}`, the Postgres pool's
+//! `realtime_db_pool_{in_use,idle,max}_connections`; and the process' own `process_*` (CPU,
+//! memory, file descriptors: [`nself_realtime_shared::process_metrics`]).
 
 use nself_realtime_shared::metrics;
 use prometheus::{
@@ -32,18 +35,26 @@ pub struct Metrics {
     pub event_log_dropped: IntCounter,
     /// Seed 003: connections accepted, by `type` (authenticated, anonymous).
     pub seed_connections_total: IntCounterVec,
-    /// Seed 003: open connections, by `protocol` (phoenix, socketio, websocket).
+    /// Seed 003: open connections, by `protocol` (phoenix, socketio, websocket) and presence
+    /// `status` (online, away, busy, offline; see [`crate::registry`]).
     pub seed_connections_active: IntGaugeVec,
     /// Seed 003: chat messages sent, by `room_type` (public, private, presence, direct, adhoc).
     pub messages_total: IntCounterVec,
     /// Seed 003: persisted message commit → fan-out on this gateway.
     pub message_latency: Histogram,
-    /// Seed 003: rooms (channels) with subscribers on this gateway.
-    pub rooms_active: IntGauge,
+    /// Seed 003: rooms (channels) with subscribers on this gateway, by `type`
+    /// ([`crate::channels::census`]).
+    pub rooms_active: IntGaugeVec,
     /// Seed 003: errors answered to clients, by `error_code`.
     pub errors_total: IntCounterVec,
     /// Connections ended, by `reason` ([`crate::outbox::Disconnect`]).
     pub disconnections_total: IntCounterVec,
+    /// The authorization pool: connections taken by a query.
+    pub db_pool_in_use: IntGauge,
+    /// The authorization pool: open connections waiting for a query (seed 003's alert).
+    pub db_pool_idle: IntGauge,
+    /// The authorization pool's size (`REALTIME_DB_POOL_SIZE`).
+    pub db_pool_max: IntGauge,
 }
 
 impl Default for Metrics {
@@ -134,7 +145,7 @@ impl Metrics {
                         "realtime_connections_active",
                         "Currently active connections",
                     ),
-                    &["protocol"],
+                    &["protocol", "status"],
                 )
                 .expect("valid metric"),
             ),
@@ -157,7 +168,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            rooms_active: gauge("realtime_rooms_active", "Number of active rooms"),
+            rooms_active: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("realtime_rooms_active", "Number of active rooms"),
+                    &["type"],
+                )
+                .expect("valid metric"),
+            ),
             errors_total: register(
                 &registry,
                 IntCounterVec::new(
@@ -184,28 +202,33 @@ impl Metrics {
                 }
                 vec
             },
-            registry,
+            db_pool_in_use: gauge(
+                "realtime_db_pool_in_use_connections",
+                "Postgres connections of the authorization pool taken by a query",
+            ),
+            db_pool_idle: gauge(
+                "realtime_db_pool_idle_connections",
+                "Open Postgres connections of the authorization pool waiting for a query (opened lazily: headroom is max - in_use)",
+            ),
+            db_pool_max: gauge(
+                "realtime_db_pool_max_connections",
+                "Size of the authorization pool (REALTIME_DB_POOL_SIZE)",
+            ),
+            registry: {
+                nself_realtime_shared::process_metrics::register(&registry);
+                registry
+            },
         }
     }
 
-    /// A connection was accepted.
-    pub fn connection_opened(&self, authenticated: bool, protocol: &str) {
+    /// A connection was accepted (open connections are counted at each scrape).
+    pub fn connection_opened(&self, authenticated: bool) {
         let kind = if authenticated {
             "authenticated"
         } else {
             "anonymous"
         };
         self.seed_connections_total.with_label_values(&[kind]).inc();
-        self.seed_connections_active
-            .with_label_values(&[protocol])
-            .inc();
-    }
-
-    /// A connection ended.
-    pub fn connection_closed(&self, protocol: &str) {
-        self.seed_connections_active
-            .with_label_values(&[protocol])
-            .dec();
     }
 
     /// An error was answered to a client.

@@ -1,12 +1,14 @@
 //! The live connections of this gateway, for the operators' views (`nself-realtime connections`,
 //! `stats`, `status`).
 //!
-//! Connections register when they open and leave when they end. An entry is kept small (it is
+//! Connections register when they open and leave when they end; `/metrics` counts them by
+//! protocol and presence status at each scrape. An entry is kept small (it is
 //! paid per connection, and a gateway holds tens of thousands): the channels a connection is
 //! in are not copied here but read from the broadcast rooms when an operator asks
 //! ([`Registry::list`]). Nothing on the message path reads it.
 
 use crate::outbox::ConnId;
+use crate::presence::STATUSES;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -15,6 +17,10 @@ use std::sync::Mutex;
 /// What the registry keeps per connection.
 struct Entry {
     protocol: &'static str,
+    /// The presence status the connection set, an index of [`STATUSES`] (nself API: online,
+    /// away, busy, offline; one byte, where the entry has padding to spare): every connection
+    /// starts `online`, and Phoenix ones stay so.
+    status: u8,
     user_id: Option<Box<str>>,
     remote_addr: Option<IpAddr>,
     /// Unix time in milliseconds.
@@ -50,6 +56,7 @@ impl Registry {
     ) {
         let entry = Entry {
             protocol,
+            status: 0,
             user_id: user_id.map(Into::into),
             remote_addr,
             connected_at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
@@ -80,6 +87,31 @@ impl Registry {
         {
             entry.user_id = Some(user_id.into());
         }
+    }
+
+    /// Sets the presence status the connection declared (one of [`STATUSES`]).
+    pub fn set_status(&self, conn: ConnId, status: &str) {
+        let Some(status) = STATUSES.iter().position(|s| *s == status) else {
+            return;
+        };
+        if let Some(entry) = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .get_mut(&conn)
+        {
+            entry.status = status as u8;
+        }
+    }
+
+    /// Live connections by (protocol, status): seed 003's `realtime_connections_active`.
+    pub fn count_by_protocol_and_status(&self) -> HashMap<(&'static str, &'static str), usize> {
+        let mut counts = HashMap::new();
+        for entry in self.connections.lock().expect("registry lock").values() {
+            let status = STATUSES[usize::from(entry.status)];
+            *counts.entry((entry.protocol, status)).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Every live connection, oldest first; `id` names a connection, `rooms` lists the channels
@@ -152,5 +184,10 @@ mod tests {
         assert_eq!(registry.close(2).as_deref(), Some("u2"));
         assert_eq!(registry.peak(), 2);
         assert_eq!(registry.count_by_protocol()["socketio"], 1);
+        registry.set_status(1, "away");
+        registry.open(3, "socketio", None, None);
+        let counts = registry.count_by_protocol_and_status();
+        assert_eq!(counts[&("socketio", "away")], 1);
+        assert_eq!(counts[&("socketio", "online")], 1);
     }
 }

@@ -9,7 +9,7 @@
 //! | `GET /ws` | the plain WebSocket JSON protocol (seed 004) |
 //! | `GET /api/messages/{channel}`, `GET /realtime/v1/api/messages/{channel}` | message history under RLS ([`crate::history`]) |
 //! | `POST /api/control` | the operators' API ([`crate::control`], `service_role` only) |
-//! | `GET /health`, `/health/ready`, `/health/live` | health JSON (readiness; liveness) |
+//! | `GET /health`, `/health/ready`, `/health/live` | health JSON ([`crate::health`]: Postgres reachable; readiness; liveness) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /`, `/inspector/*` | the inspector, a web page ([`crate::inspector`]) |
 //!
@@ -29,10 +29,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use axum::{Json, Router};
+use axum::Router;
 use futures::future::Either;
 use serde::Deserialize;
-use serde_json::json;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -64,9 +63,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/realtime/v1/api/messages/{channel}",
             get(crate::history::messages),
         )
-        .route("/health", get(health))
-        .route("/health/ready", get(health))
-        .route("/health/live", get(crate::starting::live))
+        .route("/health", get(crate::health::health))
+        .route("/health/ready", get(crate::health::ready))
+        .route("/health/live", get(crate::health::live))
         .route("/metrics", get(metrics))
         .merge(crate::inspector::routes());
     if let Some(cors) = cors_layer(gateway.config.cors_origin.as_deref()) {
@@ -104,6 +103,9 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The id `connections` and the event log prefix every connection id with; log lines name
+    // a connection by the rest (`conn`).
+    tracing::info!(gateway_id = %format!("{:016x}", gateway.id), "gateway serving");
     let app = router(gateway.clone());
     let control = tokio::spawn(crate::control::serve_bus(
         gateway.clone(),
@@ -342,36 +344,6 @@ async fn plain_websocket(
     )
 }
 
-async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
-    let postgres = tokio::time::timeout(Duration::from_secs(2), async {
-        let client = gateway.pool.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
-    })
-    .await
-    .ok()
-    .flatten()
-    .is_some();
-    let status = if postgres { "ok" } else { "degraded" };
-    let body = json!({
-        "status": status,
-        "role": "gateway",
-        "ready": true,
-        "gateway_id": format!("{:016x}", gateway.id),
-        "connections": gateway.connection_count(),
-        "max_connections": gateway.config.max_connections,
-        "postgres": { "connected": postgres },
-        "channels": gateway.channels.broadcasts.topic_count(),
-        "change_feeds": gateway.channels.feeds.feed_count(),
-        "uptime_seconds": gateway.started.elapsed().as_secs(),
-    });
-    let code = if postgres {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
 async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -386,22 +358,46 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         )
             .into_response();
     }
+    refresh_gauges(&gateway);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        gateway.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Sets the gauges of current sizes, read when scraped: connections (by protocol and presence
+/// status), rooms by type, topics, feeds and the Postgres pool. Every protocol and status is
+/// reported, at 0 when none, so dashboards and alerts always find their series.
+fn refresh_gauges(gateway: &Gateway) {
     let metrics = &gateway.metrics;
     metrics
         .connections_active
         .set(gateway.connection_count() as i64);
+    let by_status = gateway.registry.count_by_protocol_and_status();
+    for protocol in ["phoenix", "socketio", "websocket"] {
+        for status in crate::presence::STATUSES {
+            let open = by_status.get(&(protocol, status)).copied().unwrap_or(0);
+            metrics
+                .seed_connections_active
+                .with_label_values(&[protocol, status])
+                .set(open as i64);
+        }
+    }
+    for (room_type, rooms) in gateway.channels.census.by_type() {
+        metrics
+            .rooms_active
+            .with_label_values(&[&room_type])
+            .set(rooms as i64);
+    }
     metrics
         .broadcast_topics
         .set(gateway.channels.broadcasts.topic_count() as i64);
     metrics
         .change_feeds
         .set(gateway.channels.feeds.feed_count() as i64);
-    metrics
-        .rooms_active
-        .set(gateway.channels.broadcasts.topic_count() as i64);
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        metrics.encode(),
-    )
-        .into_response()
+    let pool = gateway.pool.stats();
+    metrics.db_pool_in_use.set(pool.in_use as i64);
+    metrics.db_pool_idle.set(pool.idle as i64);
+    metrics.db_pool_max.set(pool.max as i64);
 }

@@ -53,7 +53,7 @@ pub async fn while_starting<T>(
     let app = Router::new()
         .route("/health", get(not_ready))
         .route("/health/ready", get(not_ready))
-        .route("/health/live", get(live))
+        .route("/health/live", get(crate::health::live))
         .fallback(not_ready)
         .with_state(starting);
     let (done, stop) = tokio::sync::oneshot::channel::<()>();
@@ -78,14 +78,4 @@ async fn not_ready(State(starting): State<Starting>) -> Response {
         "error": starting.why(),
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-}
-
-/// Liveness: the process serves requests (readiness is `/health`). The real server answers
-/// `/health/live` with this too.
-pub async fn live() -> Response {
-    (
-        StatusCode::OK,
-        Json(json!({"status": "ok", "role": "gateway"})),
-    )
-        .into_response()
 }

@@ -117,6 +117,7 @@ impl Gateway {
                 roles.clone(),
                 metrics.clone(),
             ),
+            census: Default::default(),
         };
         Arc::new(Gateway {
             id,

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres_error;
 pub mod postgres_tls;
+pub mod process_metrics;
 pub mod sql;
 pub mod startup;
 pub mod subject;

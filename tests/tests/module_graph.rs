@@ -52,7 +52,7 @@ fn no_crate_has_a_module_cycle() {
 /// layer (`auth` covers `auth::session`).
 const GATEWAY_LAYERS: &[&[&str]] = &[
     &["crate", "server"],
-    &["rest", "history", "control", "starting", "inspector"],
+    &["rest", "history", "control", "starting", "health", "inspector"],
     &["http_auth"],
     &[
         "phoenix",
@@ -88,6 +88,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
         "json_input",
         "rate_limit",
         "metrics",
+        "decision_log",
     ],
     &["auth", "db", "config"],
 ];

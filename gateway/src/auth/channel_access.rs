@@ -142,6 +142,26 @@ impl ChannelAccess {
             Write::Presence => self.can_track,
         }
     }
+
+    /// The channel's type as metrics label it: its row's type, else `private` for a private
+    /// join (granted by the messages policies) and `adhoc` for an open topic.
+    pub fn room_type(&self) -> &str {
+        match self.channel_type.as_deref() {
+            Some(channel_type) => channel_type,
+            None if self.private => "private",
+            None => "adhoc",
+        }
+    }
+}
+
+impl Write {
+    /// Its name in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Write::Broadcast => "broadcast",
+            Write::Presence => "presence",
+        }
+    }
 }
 
 /// The question could not be answered.

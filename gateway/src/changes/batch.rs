@@ -26,6 +26,7 @@ use super::subscription::TableSubscription;
 use crate::auth::identity::Identity;
 use crate::auth::session::AllowedRoles;
 use crate::db::Pool;
+use crate::decision_log;
 use crate::metrics::Metrics;
 use crate::outbox::OutFrame;
 use crate::subscriber::Wire;
@@ -419,7 +420,21 @@ pub async fn authorize(
                 for index in members {
                     allowed[index] = false;
                     if matches!(e, RlsError::Denied(_) | RlsError::NoPrimaryKey(..)) {
-                        subscriptions[candidates[index].subscription].fail(&message);
+                        let subscription = &subscriptions[candidates[index].subscription];
+                        // Logged before the client hears it, once per subscription.
+                        if !subscription.failed() {
+                            let header = &routed[candidates[index].change]
+                                .as_ref()
+                                .expect("candidates have changes")
+                                .header;
+                            decision_log::rows_withheld(
+                                subscription.subscriber.conn_id(),
+                                &subscription.subscriber.topic,
+                                &format!("{}.{}", header.schema, header.table),
+                                &e,
+                            );
+                        }
+                        subscription.fail(&message);
                     }
                 }
                 if matches!(e, RlsError::Unavailable(_)) {

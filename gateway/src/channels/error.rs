@@ -2,6 +2,8 @@
 //! adapter words in its own terms (a Phoenix reason, an nself error code).
 
 use crate::auth::channel_access::AccessError;
+use crate::auth::session::SessionError;
+use crate::decision_log::Severity;
 use nself_realtime_shared::bus::BusError;
 
 /// Why a join (or a re-authorization) failed. The texts are the ones clients see where the
@@ -30,7 +32,33 @@ pub enum JoinError {
     Relay(#[from] BusError),
     #[error("cannot follow table changes: {0}")]
     Feed(BusError),
-    /// `config.broadcast.replay` cannot be served (Supabase's words).
+    /// `config.broadcast.replay` is refused (Supabase's words).
     #[error("UnableToReplayMessages: {0}")]
     Replay(String),
+    /// `config.broadcast.replay` could not be read (the cause is logged where it happened).
+    #[error("UnableToReplayMessages: Realtime was unable to replay messages")]
+    ReplayFailed,
+}
+
+impl JoinError {
+    /// Whether the rules or the request said no ([`Severity::Refusal`]), or the question could
+    /// not be answered ([`Severity::Failure`]: Postgres or NATS failed, a policy raised, the
+    /// database lacks a role the gateway may switch to).
+    pub fn severity(&self) -> Severity {
+        match self {
+            JoinError::TooMany(_)
+            | JoinError::Denied(_)
+            | JoinError::Tables(_)
+            | JoinError::Invalid(_)
+            | JoinError::Replay(_)
+            | JoinError::Access(AccessError::Session(SessionError::RoleNotAllowed(_))) => {
+                Severity::Refusal
+            }
+            JoinError::Unavailable(_)
+            | JoinError::Access(_)
+            | JoinError::Relay(_)
+            | JoinError::Feed(_)
+            | JoinError::ReplayFailed => Severity::Failure,
+        }
+    }
 }

@@ -10,8 +10,10 @@
 //!
 //! A new authorization rule is written once, in [`service`] (or in the modules it calls:
 //! [`crate::auth::channel_access`] for the channel, [`tables`] for the tables); a new protocol
-//! builds [`JoinRequest`]s and words [`JoinError`]s ([`error`]).
+//! builds [`JoinRequest`]s and words [`JoinError`]s ([`error`]). The service logs its decisions
+//! ([`crate::decision_log`]) and counts its rooms by type ([`census`]).
 
+pub mod census;
 pub mod error;
 pub mod service;
 pub mod tables;

@@ -7,7 +7,12 @@
 //! gated: nothing reaches the client until the adapter has queued its reply and opened it, so
 //! "joined" means live. A failure half way unregisters what was registered and returns a
 //! [`JoinError`], which each adapter words in its own protocol.
+//!
+//! The service also logs its decisions, once for every protocol ([`crate::decision_log`]): a
+//! refused join, a channel whose new token lost access, a send or track it refused or could not
+//! decide; and counts the rooms it holds ([`RoomCensus`]).
 
+use super::census::RoomCensus;
 use super::error::JoinError;
 use super::tables;
 use crate::auth::channel_access::{
@@ -21,6 +26,7 @@ use crate::changes::feed::{ChangeFeeds, FeedMembership};
 use crate::changes::subscription::TableSubscription;
 use crate::database_broadcasts::DatabaseBroadcasts;
 use crate::db::Pool;
+use crate::decision_log::{self, Severity};
 use crate::messages::Messages;
 use crate::outbox::{ConnId, Outbox};
 use crate::presence::{PresenceMembership, Presences};
@@ -81,6 +87,8 @@ pub struct JoinedChannel {
     pub tracked: bool,
     /// Warnings for the client from the table checks (unpublished tables).
     pub warnings: Vec<String>,
+    /// A refused write was logged (later ones are not: a client retrying is not news).
+    write_refusal_logged: bool,
     resume: Option<StartAt>,
     room: Option<Membership>,
     notify: Option<Membership>,
@@ -129,12 +137,31 @@ pub struct ChannelService {
     pub messages: Arc<Messages>,
     pub database_broadcasts: Arc<DatabaseBroadcasts>,
     pub feeds: Arc<ChangeFeeds>,
+    /// The rooms joined here, by type.
+    pub census: RoomCensus,
 }
 
 impl ChannelService {
     /// Joins `request` for the connection of `outbox`, which has `joined` channels already.
-    /// The returned channel's subscriber is still gated: open it once the reply is queued.
+    /// The returned channel's subscriber is still gated: open it once the reply is queued. A
+    /// refusal is logged here, for every protocol.
     pub async fn join(
+        &self,
+        outbox: &Arc<Outbox>,
+        joined: usize,
+        request: JoinRequest,
+    ) -> Result<JoinedChannel, JoinError> {
+        let channel = request.channel.clone();
+        let result = self.authorize_and_register(outbox, joined, request).await;
+        if let Err(e) = &result {
+            decision_log::join_refused(&channel, e.severity(), e);
+        }
+        result
+    }
+
+    /// [`Self::join`]'s stages: the channel rules, the writes a track needs, the replay's
+    /// conditions, the tables; then the subscriber and its relays.
+    async fn authorize_and_register(
         &self,
         outbox: &Arc<Outbox>,
         joined: usize,
@@ -192,6 +219,7 @@ impl ChannelService {
             access,
             tracked: false,
             warnings,
+            write_refusal_logged: false,
             resume: request.resume,
             room: None,
             notify: None,
@@ -199,6 +227,9 @@ impl ChannelService {
             presence: None,
             feeds: Vec::new(),
         };
+        // Counted in now: a failed registration leaves through `leave`, which counts it out.
+        self.census
+            .joined(&channel.room_name, channel.access.room_type());
         match self.register(&mut channel, outbox.id, request).await {
             Ok(()) => Ok(channel),
             Err(e) => {
@@ -273,7 +304,7 @@ impl ChannelService {
                 .await
                 .map_err(|e| {
                     tracing::warn!(channel = %request.channel, error = %e, "broadcast replay failed");
-                    JoinError::Replay("Realtime was unable to replay messages".into())
+                    JoinError::ReplayFailed
                 })?;
             replay.finish(&subscriber, &replayed, cut);
         }
@@ -312,19 +343,36 @@ impl ChannelService {
     /// Whether the channel's claims may `write`. On a private channel the messages policies'
     /// INSERT rules are asked the first time a write needs them, then remembered (until an
     /// `access_token` re-authorizes the channel), as Supabase does.
+    ///
+    /// A failure to decide is logged each time; a refusal, the first time for the channel.
     pub async fn may_write(
         &self,
         channel: &mut JoinedChannel,
         write: Write,
     ) -> Result<bool, JoinError> {
-        self.ask_writes(
-            &channel.identity,
-            &channel.channel,
-            &mut channel.access,
-            write,
-        )
-        .await?;
-        Ok(channel.access.allows(write))
+        let asked = self
+            .ask_writes(
+                &channel.identity,
+                &channel.channel,
+                &mut channel.access,
+                write,
+            )
+            .await;
+        if let Err(e) = &asked {
+            decision_log::write_refused(&channel.channel, write.label(), e.severity(), e);
+        }
+        asked?;
+        let allowed = channel.access.allows(write);
+        if !allowed && !channel.write_refusal_logged {
+            channel.write_refusal_logged = true;
+            decision_log::write_refused(
+                &channel.channel,
+                write.label(),
+                Severity::Refusal,
+                &"the channel's rights do not allow it",
+            );
+        }
+        Ok(allowed)
     }
 
     /// Asks the messages policies what `identity` may write on `channel` when `write` is not
@@ -351,8 +399,25 @@ impl ChannelService {
 
     /// Checks a joined channel under new claims (`access_token`, a re-authentication): the
     /// channel and every table its bindings name. On success the channel acts as `identity`
-    /// from now on; on failure it is unchanged and the caller closes it.
+    /// from now on; on failure it is unchanged and the caller closes it (logged here).
     pub async fn reauthorize(
+        &self,
+        channel: &mut JoinedChannel,
+        identity: Arc<Identity>,
+    ) -> Result<(), JoinError> {
+        let checked = self.check_again(channel, identity).await;
+        if let Err(e) = &checked {
+            decision_log::channel_closed(
+                &channel.channel,
+                e.severity(),
+                &format_args!("the new token lost access: {e}"),
+            );
+        }
+        checked
+    }
+
+    /// [`Self::reauthorize`]'s checks, and the switch to the new claims once they pass.
+    async fn check_again(
         &self,
         channel: &mut JoinedChannel,
         identity: Arc<Identity>,
@@ -391,6 +456,7 @@ impl ChannelService {
     /// Unregisters a channel everywhere; a tracked member of its presence leaves.
     pub async fn leave(&self, channel: JoinedChannel, conn: ConnId) {
         channel.subscriber.close();
+        self.census.left(&channel.room_name);
         if let Some(room) = &channel.room {
             self.broadcasts.leave(room);
         }

@@ -68,7 +68,13 @@ pub async fn check(
         &[&schemas, &names, &filtered],
     )
     .await
-    .map_err(|e| JoinError::Tables(e.to_string()))?;
+    .map_err(|e| match e {
+        // Postgres went away: not a verdict on the tables.
+        session::QueryAsError::Query(q) if q.as_db_error().is_none() => {
+            JoinError::Unavailable(nself_realtime_shared::postgres_error::describe(&q))
+        }
+        other => JoinError::Tables(other.to_string()),
+    })?;
     let mut warnings = Vec::new();
     for row in rows {
         let (schema, table, exists, readable, published): (&str, &str, bool, bool, bool) =

@@ -61,10 +61,9 @@ pub fn run(
             identity.clone(),
         );
         let authenticated = identity.is_some();
-        session_gateway.metrics.connection_opened(
-            identity.as_ref().is_some_and(|i| i.claims.sub().is_some()),
-            "websocket",
-        );
+        session_gateway
+            .metrics
+            .connection_opened(identity.as_ref().is_some_and(|i| i.claims.sub().is_some()));
         let mut hello = json!({
             "type": "connected",
             "connectionId": session_gateway.connection_id(outbox.id),
@@ -190,6 +189,5 @@ impl Session for NativeSession {
 
     async fn finish(&mut self) {
         self.rooms.leave_all().await;
-        self.gateway.metrics.connection_closed("websocket");
     }
 }

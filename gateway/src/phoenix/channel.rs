@@ -13,6 +13,7 @@ use crate::auth::channel_access::{self, Write};
 use crate::auth::identity::Identity;
 use crate::changes::binding::Binding;
 use crate::channels::{JoinError, JoinRequest, JoinedChannel, ReplayRequest};
+use crate::decision_log::{self, Severity};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::outbox::Outbox;
 use crate::rate_limit::RateLimit;
@@ -32,6 +33,16 @@ struct Joined {
     ack: bool,
     /// `config.presence.key`: the key this connection tracks under.
     presence_key: String,
+}
+
+/// What a join keeps for its reply and for the joined channel, besides the [`JoinRequest`].
+struct Joining {
+    /// The reply's body (the bindings' ids).
+    response: Value,
+    subscribes_to_tables: bool,
+    ack: bool,
+    presence_key: String,
+    replication_ready: bool,
 }
 
 /// A refused request: the reason goes back in an error reply.
@@ -184,9 +195,9 @@ impl Channels {
         match frame.event.as_str() {
             "phx_join" => {
                 let outcome = self.join(&frame).await;
+                // Logged where it was decided (the request here, the rules in the service).
                 if let Err(Refusal(reason)) = outcome {
                     self.gateway.metrics.joins_refused.inc();
-                    tracing::debug!(topic = %frame.topic, reason, "join refused");
                     self.refuse(&frame, &reason);
                 }
             }
@@ -229,18 +240,43 @@ impl Channels {
         }
     }
 
+    /// `phx_join`: the request (refusals of its own logged here; the service logs its own),
+    /// the channel service's join, then the reply and what follows it.
     async fn join(&mut self, frame: &InFrame) -> Result<(), Refusal> {
         self.gateway.metrics.joins_total.inc();
+        let slug = slug_of(&frame.topic).to_string();
+        let (request, joining) = match self.join_request(frame, &slug).await {
+            Ok(prepared) => prepared,
+            Err(Refusal(reason)) => {
+                decision_log::join_refused(&slug, Severity::Refusal, &reason);
+                return Err(Refusal(reason));
+            }
+        };
+        let channel = self
+            .gateway
+            .channels
+            .join(&self.outbox, self.joined.len(), request)
+            .await
+            .map_err(|e| join_refusal(e, &slug))?;
+        self.joined_reply(frame, &slug, channel, joining);
+        Ok(())
+    }
+
+    /// The [`JoinRequest`] a `phx_join` asks for, and what Phoenix keeps for the reply. A second
+    /// join of a joined topic replaces the first, as Phoenix does: the first is closed here.
+    async fn join_request(
+        &mut self,
+        frame: &InFrame,
+        slug: &str,
+    ) -> Result<(JoinRequest, Joining), Refusal> {
         let payload = match &frame.payload {
             Payload::Json(Value::Object(payload)) => payload.clone(),
             Payload::Json(Value::Null) => Map::new(),
             _ => return Err(Refusal("phx_join payload must be an object".into())),
         };
-        let slug = slug_of(&frame.topic).to_string();
-        if !channel_access::valid_channel_name(&slug) {
+        if !channel_access::valid_channel_name(slug) {
             return Err(Refusal(channel_access::CHANNEL_NAME_RULE.into()));
         }
-        // A second join of a joined topic replaces the first, as Phoenix does.
         if let Some(previous) = self.joined.remove(&frame.topic) {
             let join_ref = previous.channel.subscriber.join_ref.clone();
             self.close(previous).await;
@@ -265,15 +301,19 @@ impl Channels {
             replay,
             replication_ready,
         } = JoinConfig::parse(payload.get("config").and_then(Value::as_object))?;
-
-        let response = json!({
-            "postgres_changes": bindings.iter().map(Binding::reply_json).collect::<Vec<_>>(),
-        });
-        let subscribes_to_tables = !bindings.is_empty();
+        let joining = Joining {
+            response: json!({
+                "postgres_changes": bindings.iter().map(Binding::reply_json).collect::<Vec<_>>(),
+            }),
+            subscribes_to_tables: !bindings.is_empty(),
+            ack,
+            presence_key,
+            replication_ready,
+        };
         let request = JoinRequest {
             topic: frame.topic.clone().into(),
             join_ref: frame.join_ref.clone(),
-            channel: slug.clone(),
+            channel: slug.to_string(),
             wire: Wire::Phoenix(self.vsn),
             identity,
             private,
@@ -286,19 +326,32 @@ impl Channels {
             resume,
             replay,
         };
-        let channel = self
-            .gateway
-            .channels
-            .join(&self.outbox, self.joined.len(), request)
-            .await
-            .map_err(|e| join_refusal(e, &slug))?;
+        Ok((request, joining))
+    }
+
+    /// A joined channel: the `ok` reply, the gate opened, the `system` notices, the replay
+    /// started, and the channel kept.
+    fn joined_reply(
+        &mut self,
+        frame: &InFrame,
+        slug: &str,
+        channel: JoinedChannel,
+        joining: Joining,
+    ) {
+        let Joining {
+            response,
+            subscribes_to_tables,
+            ack,
+            presence_key,
+            replication_ready,
+        } = joining;
         self.reply(frame, "ok", response);
         channel.subscriber.open();
         if subscribes_to_tables {
-            self.postgres_changes_notice(frame, &slug, "ok", "Subscribed to PostgreSQL");
+            self.postgres_changes_notice(frame, slug, "ok", "Subscribed to PostgreSQL");
         }
         for warning in &channel.warnings {
-            self.postgres_changes_notice(frame, &slug, "warning", warning);
+            self.postgres_changes_notice(frame, slug, "warning", warning);
         }
         if replication_ready && self.gateway.channels.database_broadcasts.is_following() {
             // After the replay (if any): both go through the channel's subscriber, in order.
@@ -324,7 +377,6 @@ impl Channels {
                 presence_key,
             },
         );
-        Ok(())
     }
 
     /// A `system` message of the postgres_changes extension on the channel `frame` joined.
@@ -367,11 +419,9 @@ impl Channels {
             })
             .collect();
         for (topic, exp) in expired {
-            self.shut(
-                &topic,
-                &format!("Token has expired {} seconds ago", now - exp),
-            )
-            .await;
+            let reason = format!("Token has expired {} seconds ago", now - exp);
+            decision_log::channel_closed(slug_of(&topic), Severity::Refusal, &reason);
+            self.shut(&topic, &reason).await;
         }
     }
 
@@ -423,12 +473,9 @@ impl Channels {
         let identity = match self.identity_for(Some(&token)) {
             Ok(identity) => identity,
             Err(Refusal(reason)) => {
-                tracing::info!(topic = %frame.topic, reason, "invalid access_token: channel closed");
-                self.shut(
-                    &frame.topic,
-                    &format!("Received an invalid access token: {reason}"),
-                )
-                .await;
+                let reason = format!("Received an invalid access token: {reason}");
+                decision_log::channel_closed(slug_of(&frame.topic), Severity::Refusal, &reason);
+                self.shut(&frame.topic, &reason).await;
                 return;
             }
         };
@@ -445,9 +492,9 @@ impl Channels {
             .reauthorize(&mut joined.channel, identity)
             .await;
         match reauthorized {
+            // Logged by the service.
             Err(e) => {
                 let Refusal(reason) = join_refusal(e, &slug);
-                tracing::info!(topic = %frame.topic, reason, "access_token lost access: channel closed");
                 self.shut(&frame.topic, &reason).await;
             }
             Ok(()) => self.reply(frame, "ok", json!({})),

@@ -22,10 +22,9 @@ pub fn run(
     identity: Option<Arc<Identity>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let session_gateway = gateway.clone();
-    gateway.metrics.connection_opened(
-        identity.as_ref().is_some_and(|i| i.claims.sub().is_some()),
-        "phoenix",
-    );
+    gateway
+        .metrics
+        .connection_opened(identity.as_ref().is_some_and(|i| i.claims.sub().is_some()));
     socket::serve(socket, gateway, slot, peer, move |outbox| PhoenixSession {
         channels: Channels::new(session_gateway.clone(), outbox.clone(), vsn, identity),
         gateway: session_gateway,
@@ -74,7 +73,6 @@ impl Session for PhoenixSession {
 
     async fn finish(&mut self) {
         self.channels.leave_all().await;
-        self.gateway.metrics.connection_closed("phoenix");
     }
 }
 

@@ -12,6 +12,7 @@ use super::request::{ApiError, ErrorCode, Request};
 use crate::auth::channel_access::{AccessError, ChannelAccess};
 use crate::auth::identity::Identity;
 use crate::channels::{JoinError, JoinRequest, JoinedChannel};
+use crate::decision_log::{self, Severity};
 use crate::envelope::{BroadcastPayload, Envelope, Kind, Sender};
 use crate::messages::{Outgoing, SendError};
 use crate::outbox::Outbox;
@@ -216,10 +217,17 @@ impl RoomSession {
                 json!({ "timestamp": time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 }),
             )),
             Request::Authenticate { token } => self.authenticate(&token).await,
-            _ if self.identity.is_none() => Err(ApiError::new(
-                ErrorCode::AuthenticationFailed,
-                "not authenticated: send {\"type\": \"auth\", \"token\": \"<jwt>\"} first (or connect with a token)",
-            )),
+            _ if self.identity.is_none() => {
+                let error = ApiError::new(
+                    ErrorCode::AuthenticationFailed,
+                    "not authenticated: send {\"type\": \"auth\", \"token\": \"<jwt>\"} first (or connect with a token)",
+                );
+                // The service logs the joins it refuses; this one never reaches it.
+                if let Request::Join { room } = &request {
+                    decision_log::join_refused(room, Severity::Refusal, &error.message);
+                }
+                Err(error)
+            }
             Request::Join { room } => self.join(&room).await,
             Request::Leave { room } => self.leave(&room).await,
             Request::Send {
@@ -625,6 +633,9 @@ impl RoomSession {
         if Value::Object(meta.clone()).to_string().len() > MAX_METADATA_BYTES {
             return Err(ApiError::validation("presence data is larger than 16 KiB"));
         }
+        self.gateway
+            .registry
+            .set_status(self.outbox.id, tracked.status);
         self.tracked = tracked;
         let rooms: Vec<String> = match room {
             Some(room) => vec![room.to_string()],

@@ -127,9 +127,7 @@ impl SocketIoSession {
             Some(identity),
         );
         if !self.connected {
-            self.gateway
-                .metrics
-                .connection_opened(!anonymous, "socketio");
+            self.gateway.metrics.connection_opened(!anonymous);
         }
         self.gateway.identify(self.outbox.id, &self.rooms.user_id());
         self.connected = true;
@@ -146,6 +144,7 @@ impl SocketIoSession {
     }
 
     fn refuse_connect(&self, reason: &str) {
+        crate::decision_log::connection_refused(&reason);
         self.gateway
             .metrics
             .nself_error(ErrorCode::AuthenticationFailed.as_str());
@@ -266,8 +265,5 @@ impl Session for SocketIoSession {
 
     async fn finish(&mut self) {
         self.rooms.leave_all().await;
-        if self.connected {
-            self.gateway.metrics.connection_closed("socketio");
-        }
     }
 }

@@ -25,4 +25,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Waits until everything published so far has reached the server (a no-op in process).
     async fn flush(&self) -> Result<(), BusError>;
+
+    /// Whether the transport is connected now (always, in process): what a gateway's
+    /// readiness reports.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    /// The backend's name in health reports: `nats` or `in-process`.
+    fn backend(&self) -> &'static str {
+        "in-process"
+    }
 }

@@ -47,6 +47,14 @@ impl Broker for NatsBroker {
             .boxed())
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn backend(&self) -> &'static str {
+        "nats"
+    }
+
     async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(|e| BusError::Publish {
             subject: "(flush)".into(),
