@@ -531,12 +531,16 @@ function renderStart() {
   }
   $('endpoints').replaceChildren(...endpoints.flatMap(([name, value]) => [el('dt', {}, name), el('dd', {}, value)]))
   const snippets = [
-    ['supabase-js (a browser, or Node 22)', [
+    ['supabase-js (a browser module, or Node 22)', [
       "import { createClient } from '@supabase/supabase-js'",
       '',
       `const supabase = createClient('${http}', '${anon}', {`,
+      '  // Your own JWTs: supabase-js sends what this returns on connect and every heartbeat.',
       `  accessToken: async () => '${token}',`,
       '})',
+      '// Ask for the token now: a channel subscribed before it arrives would join with the anon key.',
+      'await supabase.realtime.setAuth()',
+      '',
       "supabase.channel('room:lobby')",
       "  .on('broadcast', { event: '*' }, (message) => console.log(message))",
       '  .subscribe((status) => console.log(status))',
