@@ -52,7 +52,14 @@ fn no_crate_has_a_module_cycle() {
 /// layer (`auth` covers `auth::session`).
 const GATEWAY_LAYERS: &[&[&str]] = &[
     &["crate", "server"],
-    &["rest", "history", "control", "starting", "health", "inspector"],
+    &[
+        "rest",
+        "history",
+        "control",
+        "starting",
+        "health",
+        "inspector",
+    ],
     &["http_auth"],
     &[
         "phoenix",
