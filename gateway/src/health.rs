@@ -5,7 +5,7 @@
 //! | down | what still works | what fails |
 //! | --- | --- | --- |
 //! | Postgres | joined channels keep broadcast and presence, on every gateway; new sockets connect (tokens are checked without Postgres) | new joins and `access_token` refreshes (every channel is authorized in Postgres), postgres_changes (no CDC, no RLS checks), chat persistence, history, the event log |
-//! | NATS | new sockets connect, and joins are authorized | broadcast, presence and table changes, even between two clients of this gateway (each goes through NATS) |
+//! | NATS | new sockets connect (tokens are checked locally) | everything that crosses NATS: broadcast, presence and table changes, even between two clients of this gateway; joins fail or receive nothing until it is back |
 //!
 //! So the endpoints say:
 //!

@@ -319,5 +319,13 @@ async fn an_access_token_that_loses_access_closes_the_channel() {
         "a closed channel still delivers: {frames:?}"
     );
     let log = gateway.log();
-    assert!(log.contains("access_token lost access"), "{log}");
+    // One `channel closed` line per channel (decision_log), naming it and why.
+    for channel in ["\"staff\"", "\"team\""] {
+        assert!(
+            log.lines().any(|l| l.contains("channel closed")
+                && l.contains(channel)
+                && l.contains("the new token lost access")),
+            "{log}"
+        );
+    }
 }
