@@ -451,6 +451,21 @@ async fn tables(
         .collect())
 }
 
+/// The oid of the one relation `tables` found for `target`, if it is a table (plain or
+/// partitioned); else why not.
+fn the_table(found: &[(u32, TableInfo)], target: &Target) -> Result<u32, SubscriptionError> {
+    let (oid, info) = found
+        .first()
+        .ok_or_else(|| SubscriptionError::TableNotFound(target.to_string()))?;
+    if !matches!(info.kind.as_str(), "r" | "p") {
+        return Err(SubscriptionError::NotATable {
+            name: target.to_string(),
+            kind: relkind_name(&info.kind),
+        });
+    }
+    Ok(*oid)
+}
+
 fn relkind_name(kind: &str) -> &'static str {
     match kind {
         "v" => "view",
@@ -489,18 +504,7 @@ async fn resolve_for_subscribe(
     let found = tables(tx, schema_oid, target.table.as_deref()).await?;
     let table_oid = match &target.table {
         None => None,
-        Some(_) => {
-            let (oid, info) = found
-                .first()
-                .ok_or_else(|| SubscriptionError::TableNotFound(target.to_string()))?;
-            if !matches!(info.kind.as_str(), "r" | "p") {
-                return Err(SubscriptionError::NotATable {
-                    name: target.to_string(),
-                    kind: relkind_name(&info.kind),
-                });
-            }
-            Some(*oid)
-        }
+        Some(_) => Some(the_table(&found, target)?),
     };
     let needs_identity = operations
         .iter()
@@ -699,16 +703,7 @@ pub async fn check_published(
         .await?
         .ok_or_else(|| SubscriptionError::SchemaNotFound(target.schema.clone()))?;
     if let Some(table) = &target.table {
-        let found = tables(client, schema_oid, Some(table)).await?;
-        let (_, info) = found
-            .first()
-            .ok_or_else(|| SubscriptionError::TableNotFound(target.to_string()))?;
-        if !matches!(info.kind.as_str(), "r" | "p") {
-            return Err(SubscriptionError::NotATable {
-                name: target.to_string(),
-                kind: relkind_name(&info.kind),
-            });
-        }
+        the_table(&tables(client, schema_oid, Some(table)).await?, target)?;
     }
     let names: Vec<String> = publications::all(base_publication)
         .into_iter()

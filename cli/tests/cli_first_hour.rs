@@ -16,10 +16,11 @@
 
 use futures::{SinkExt, StreamExt};
 use realtime_tests::cli_output::{ok, stderr, stdout, usage_error};
+use realtime_tests::cli_project::{ProjectDir, CLI_VARIABLES};
 use realtime_tests::TEST_JWT_SECRET;
 use realtime_tests::{free_port, token, ws_connect, Postgres, ServiceProcess, WsMessage, WsStream};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -28,53 +29,11 @@ use tokio::process::Command;
 /// Failure guard for anything awaited.
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Variables of the test process that would change what the CLI reaches.
-const CLEARED: [&str; 14] = [
-    "DATABASE_URL",
-    "NATS_URL",
-    "REALTIME_URL",
-    "REALTIME_HOST",
-    "REALTIME_PORT",
-    "REALTIME_JWT_SECRET",
-    "REALTIME_JWT_JWKS",
-    "REALTIME_DB_ROLES",
-    "REALTIME_SERVICE_KEY",
-    "REALTIME_CDC_PORT",
-    "REALTIME_CDC_HTTP_PORT",
-    "REALTIME_PUBLICATION",
-    "NSELF_REALTIME_DIR",
-    "LOG_FORMAT",
-];
-
-/// A temporary directory removed on drop: the user's project directory.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "nself-realtime-first-hour-{name}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        // Under root, `up`'s local Postgres runs as `postgres` and must reach the directory.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The binary run in `dir` with nothing of the test's environment but `env`.
 fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nself-realtime"));
     command.args(args).current_dir(dir);
-    for var in CLEARED {
+    for var in CLI_VARIABLES {
         command.env_remove(var);
     }
     command
@@ -96,7 +55,7 @@ async fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `up` running in a project directory, as a user starts it: no DATABASE_URL, no secret.
 struct System {
-    project: TempDir,
+    project: ProjectDir,
     up: ServiceProcess,
     port: u16,
     cdc_port: u16,
@@ -106,7 +65,7 @@ struct System {
 
 impl System {
     async fn up() -> System {
-        let project = TempDir::new("project");
+        let project = ProjectDir::new("first-hour", "project");
         let (port, cdc_port) = (free_port(), free_port());
         let dir = project.0.join(".nself-realtime");
         let env: Vec<(String, String)> = [
@@ -362,7 +321,7 @@ async fn token_signs_with_the_running_secret_or_refuses(system: &System) {
     assert!(lines[3].starts_with("  expires  "), "{checked}");
 
     // In another directory there is no secret: refused, and none is made up.
-    let elsewhere = TempDir::new("elsewhere");
+    let elsewhere = ProjectDir::new("first-hour", "elsewhere");
     usage_error(
         run_in(&elsewhere.0, &["token", "--sub", "user-123"], &[]).await,
         "no JWT secret: REALTIME_JWT_SECRET is unset and .nself-realtime/jwt_secret does not exist; set REALTIME_JWT_SECRET to the gateways' secret, or run this where `nself-realtime up` keeps it (or set NSELF_REALTIME_DIR to that directory)",
@@ -447,7 +406,7 @@ async fn stats_say_what_failed(system: &System) {
 
 #[tokio::test]
 async fn without_up_or_database_url_admin_commands_name_both_fixes() {
-    let project = TempDir::new("nothing");
+    let project = ProjectDir::new("first-hour", "nothing");
     for args in [
         &["init"][..],
         &["channel", "list"],
@@ -476,7 +435,7 @@ async fn without_up_or_database_url_admin_commands_name_both_fixes() {
 
 #[tokio::test]
 async fn token_check_says_why_a_token_is_refused() {
-    let project = TempDir::new("check");
+    let project = ProjectDir::new("first-hour", "check");
     let secret = [("REALTIME_JWT_SECRET", TEST_JWT_SECRET)];
     let check = |jwt: String| {
         let dir = project.0.clone();
@@ -547,7 +506,7 @@ async fn token_check_says_why_a_token_is_refused() {
 
 #[tokio::test]
 async fn a_group_without_its_subcommand_prints_its_help() {
-    let dir = TempDir::new("help");
+    let dir = ProjectDir::new("first-hour", "help");
     for group in ["channel", "presence"] {
         let output = run_in(&dir.0, &[group], &[]).await;
         assert_eq!(output.status.code(), Some(2));
@@ -568,7 +527,7 @@ async fn a_group_without_its_subcommand_prints_its_help() {
 
 #[tokio::test]
 async fn log_settings_are_checked_and_the_log_keeps_to_what_matters() {
-    let dir = TempDir::new("logs");
+    let dir = ProjectDir::new("first-hour", "logs");
     let db = Postgres::shared().fresh_database().await;
     let database = [("DATABASE_URL", db.url.as_str())];
     usage_error(
@@ -606,7 +565,7 @@ async fn log_settings_are_checked_and_the_log_keeps_to_what_matters() {
 
 #[tokio::test]
 async fn long_running_commands_name_the_seed_settings_they_do_not_read() {
-    let dir = TempDir::new("env");
+    let dir = ProjectDir::new("first-hour", "env");
     // A configuration error ends `cdc` at once, after the warnings.
     let output = run_in(
         &dir.0,

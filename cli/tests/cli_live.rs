@@ -10,9 +10,10 @@
 //! ([`normalize`]); column alignment is checked on its own.
 
 use realtime_tests::cli_output::{ok, stderr, stdout, usage_error};
+use realtime_tests::cli_project::{ProjectDir, CLI_VARIABLES};
 use realtime_tests::{free_port, token, PhoenixClient, SocketIoClient, Stack, TEST_JWT_SECRET};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -21,50 +22,10 @@ use tokio::process::Command;
 /// Failure guard for anything awaited.
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Variables of the test process that would change what the CLI reaches.
-const CLEARED: [&str; 12] = [
-    "DATABASE_URL",
-    "NATS_URL",
-    "REALTIME_URL",
-    "REALTIME_HOST",
-    "REALTIME_PORT",
-    "REALTIME_JWT_SECRET",
-    "REALTIME_SERVICE_KEY",
-    "REALTIME_CDC_PORT",
-    "REALTIME_CDC_HTTP_PORT",
-    "REALTIME_PUBLICATION",
-    "NSELF_REALTIME_DIR",
-    "LOG_FORMAT",
-];
-
-/// A temporary directory removed on drop (the CLI's working directory).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "nself-realtime-cli-live-{name}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        // Under root, `up`'s local Postgres runs as `postgres` and must reach the directory.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The CLI with a given environment, run in its own empty directory.
 struct Cli {
     env: Vec<(String, String)>,
-    cwd: TempDir,
+    cwd: ProjectDir,
 }
 
 impl Cli {
@@ -74,7 +35,7 @@ impl Cli {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            cwd: TempDir::new("cwd"),
+            cwd: ProjectDir::new("cli-live", "cwd"),
         }
     }
 
@@ -91,7 +52,7 @@ impl Cli {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nself-realtime"));
         command.args(args).current_dir(&self.cwd.0);
-        for var in CLEARED {
+        for var in CLI_VARIABLES {
             command.env_remove(var);
         }
         command

@@ -18,6 +18,7 @@
 
 mod cdc;
 pub mod cli_output;
+pub mod cli_project;
 mod gateway;
 mod http;
 mod nats;

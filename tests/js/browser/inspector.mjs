@@ -128,6 +128,12 @@ test('the events table can be filtered, paused and expanded, and shows markup as
   await page.fill('#events-filter', 'while-paused')
   const shown = await page.locator('#events tr.summary').allInnerTexts()
   assert.ok(shown.length >= 1 && shown.every((row) => row.includes('while-paused')), JSON.stringify(shown))
+
+  // From the keyboard: a focused row opens with Enter.
+  const row = page.locator('#events tr.summary').first()
+  await row.focus()
+  await page.keyboard.press('Enter')
+  assert.equal(await row.getAttribute('aria-expanded'), 'true')
   assert.deepEqual(problems, [])
   await page.close()
 })
