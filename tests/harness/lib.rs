@@ -22,6 +22,7 @@ pub mod cli_project;
 mod gateway;
 mod http;
 mod nats;
+pub mod node_runs;
 mod phoenix_client;
 mod postgres;
 mod process;

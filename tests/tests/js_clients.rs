@@ -8,76 +8,32 @@
 //! (`tests/js/node22`) and the newest supabase-js 2.x (`supabase-js-latest`, an npm alias), which
 //! needs Node >= 22 and there uses Node's own WebSocket. Each run prints the versions it used.
 
+use realtime_tests::node_runs::{js_dir, node_version, package_version, NodeRun, NEWEST, PINNED};
 use realtime_tests::{token, Stack};
 use serde_json::json;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use tokio::sync::Mutex;
 
-/// One run of the suite: which node executable, which supabase-js (a package in tests/js).
-struct Run {
-    name: &'static str,
-    node: &'static str,
-    supabase_js: &'static str,
-    install: &'static str,
-}
-
 #[tokio::test]
 async fn js_clients_system_node_pinned_supabase_js() {
-    run_suite(Run {
-        name: "system node + pinned supabase-js",
-        node: "node",
-        supabase_js: "@supabase/supabase-js",
-        install: "install Node.js and run `npm ci --prefix tests/js`",
-    })
-    .await;
+    run_suite(PINNED).await;
 }
 
 #[tokio::test]
 async fn js_clients_node22_newest_supabase_js() {
-    run_suite(Run {
-        name: "Node 22 + newest supabase-js",
-        node: "node22/node_modules/.bin/node",
-        supabase_js: "supabase-js-latest",
-        install: "run `npm ci --prefix tests/js` and `npm ci --prefix tests/js/node22`",
-    })
-    .await;
+    run_suite(NEWEST).await;
 }
 
 /// The two runs take turns: each is a whole stack plus a node process, and the suite's
 /// time-bound checks (typing expiry, presence leave) should not compete with the other run.
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-async fn run_suite(run: Run) {
+async fn run_suite(run: NodeRun) {
     let _turn = ONE_RUN_AT_A_TIME.lock().await;
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
-    let node = if run.node.contains('/') {
-        js.join(run.node)
-    } else {
-        PathBuf::from(run.node)
-    };
-    let package = js.join("node_modules").join(run.supabase_js);
-    assert!(
-        package.exists() && (!run.node.contains('/') || node.exists()),
-        "[{}] {} or {} is not installed: {} (scripts/test does)",
-        run.name,
-        node.display(),
-        package.display(),
-        run.install
-    );
-    let node_version = Command::new(&node)
-        .arg("--version")
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-        .unwrap_or_else(|e| {
-            panic!(
-                "[{}] run {}: {e} ({})",
-                run.name,
-                node.display(),
-                run.install
-            )
-        });
+    let js = js_dir();
+    let (node, package) = run.installed();
+    let node_version = node_version(&node);
     // realtime-js resolves as node resolves it: nested under the package, else hoisted.
     let nested = package.join("node_modules/@supabase/realtime-js");
     let realtime_js = if nested.exists() {
@@ -158,12 +114,4 @@ async fn run_suite(run: Run) {
         }
         panic!("the JS client tests failed with {} ({versions})", run.name);
     }
-}
-
-/// The `version` of the npm package installed in `dir`.
-fn package_version(dir: &Path) -> String {
-    let manifest = std::fs::read_to_string(dir.join("package.json"))
-        .unwrap_or_else(|e| panic!("read {}/package.json: {e}", dir.display()));
-    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    manifest["version"].as_str().unwrap_or("?").to_string()
 }

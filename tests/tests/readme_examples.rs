@@ -16,6 +16,7 @@
 //! inserted) only once the example has said it is ready (SUBSCRIBED). The pattern the README
 //! used to show (`realtime.setAuth(token)` alone) runs too, and must fail as *Tokens* says.
 
+use realtime_tests::node_runs::{js_dir, node_version, package_version, NodeRun, NEWEST, PINNED};
 use realtime_tests::{token, Stack};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -136,52 +137,23 @@ const DEMO_TABLE: &str = "CREATE TABLE public.todos (
      CREATE POLICY todos_service ON public.todos FOR ALL TO service_role USING (true) WITH CHECK (true);
      GRANT SELECT, INSERT, UPDATE, DELETE ON public.todos TO authenticated, service_role;";
 
-/// One run of the examples: which node, and which supabase-js package of tests/js.
-struct Run {
-    name: &'static str,
-    node: &'static str,
-    supabase_js: &'static str,
-}
-
 /// The runs share the machine's two cores with every other test: one at a time.
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 #[tokio::test]
 async fn examples_run_on_system_node_with_pinned_supabase_js() {
-    run_examples(Run {
-        name: "system node + pinned supabase-js",
-        node: "node",
-        supabase_js: "@supabase/supabase-js",
-    })
-    .await;
+    run_examples(PINNED).await;
 }
 
 #[tokio::test]
 async fn examples_run_on_node22_with_newest_supabase_js() {
-    run_examples(Run {
-        name: "Node 22 + newest supabase-js",
-        node: "node22/node_modules/.bin/node",
-        supabase_js: "supabase-js-latest",
-    })
-    .await;
+    run_examples(NEWEST).await;
 }
 
-async fn run_examples(run: Run) {
+async fn run_examples(run: NodeRun) {
     let _turn = ONE_RUN_AT_A_TIME.lock().await;
-    let js = root().join("tests/js");
-    let node = if run.node.contains('/') {
-        js.join(run.node)
-    } else {
-        PathBuf::from(run.node)
-    };
-    let package = js.join("node_modules").join(run.supabase_js);
-    assert!(
-        package.exists() && (!run.node.contains('/') || node.exists()),
-        "[{}] {} or {} is missing: run `npm ci --prefix tests/js` and `npm ci --prefix tests/js/node22` (scripts/test does)",
-        run.name,
-        node.display(),
-        package.display()
-    );
+    let js = js_dir();
+    let (node, package) = run.installed();
     let scratch = scratch_dir(&js, &package);
     let stack = Stack::start(1, &[]).await;
     stack.sql(DEMO_TABLE).await;
@@ -189,7 +161,7 @@ async fn run_examples(run: Run) {
     println!(
         "[{}] node {}, supabase-js {}",
         run.name,
-        command_output(&node, &["--version"]),
+        node_version(&node),
         package_version(&package)
     );
     let env = [
@@ -364,19 +336,4 @@ impl Example {
         self.child.kill().await.expect("stop the example");
         println!("{}:\n  {}", self.file, self.seen.join("\n  "));
     }
-}
-
-fn command_output(program: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// The `version` of the npm package in `dir`.
-fn package_version(dir: &Path) -> String {
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap()).unwrap();
-    manifest["version"].as_str().unwrap_or("?").to_string()
 }
