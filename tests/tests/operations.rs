@@ -454,11 +454,16 @@ async fn metrics_report_connections_rooms_pool_and_process() {
     // The /ws client leaves: counted as a disconnection, its connection and the hall it
     // shared with alice's Phoenix channel (which stays) settle.
     ws.send(WsMessage::Close(None)).await.unwrap();
+    // The counter and the registry settle in turn: wait for both.
     let metrics = scrape_until(gateway.port, |m| {
         sample(
             m,
             r#"realtime_disconnections_total{reason="client_closed"}"#,
         ) == Some(1.0)
+            && sample(
+                m,
+                r#"realtime_connections_active{protocol="websocket",status="online"}"#,
+            ) == Some(0.0)
     })
     .await;
     assert_eq!(
